@@ -1,0 +1,7 @@
+"""``python -m zeusd``."""
+
+import sys
+
+from zeusd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,105 @@
+"""Wiring: build the backend, dispatcher and server from a Config, and run them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import attrs
+import pynvml
+import trio
+
+from zeusd import __version__
+from zeusd.config import Config
+from zeusd.gpu.backend import NvmlBackend, NvmlCallError
+from zeusd.gpu.commands import GpuTable
+from zeusd.gpu.lanes import GpuLanes
+from zeusd.rpc.context import Context
+from zeusd.rpc.dispatch import Dispatcher
+from zeusd.rpc.methods import API_GROUPS, build_methods
+from zeusd.server import listeners
+from zeusd.server.daemon import Server, stop_on_signals
+from zeusd.server.listeners import StartupError
+from zeusd.sim import SimConfigError, SimNvml, default_sim_gpus, load_sim_config
+
+log = logging.getLogger(__name__)
+
+
+def open_backend(config: Config) -> NvmlBackend:
+    """Initialise NVML (real or simulated) and read every GPU. Raises StartupError."""
+    try:
+        if config.gpu_backend == "sim":
+            specs = (
+                load_sim_config(config.sim_config)
+                if config.sim_config
+                else default_sim_gpus(config.sim_gpus)
+            )
+            sim = SimNvml(specs)
+            backend = NvmlBackend.open(sim, name="sim")
+            sim.arm()  # latency and faults apply to requests, not to start-up
+            return backend
+        return NvmlBackend.open(pynvml)
+    except SimConfigError as exc:
+        raise StartupError(str(exc)) from exc
+    except NvmlCallError as exc:
+        raise StartupError(f"cannot initialise NVML: {exc}") from exc
+
+
+def _nothing() -> None:
+    pass
+
+
+@attrs.frozen
+class Running:
+    """Handed to whoever started the daemon: where it listens and how to stop it."""
+
+    address: str
+    server: Server
+
+
+async def serve(
+    config: Config,
+    backend: NvmlBackend,
+    *,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen and serve until stopped. Raises StartupError before ``started``."""
+    lanes = GpuLanes(len(backend.devices), trio.CapacityLimiter(config.num_workers))
+    context = Context(
+        version=__version__,
+        backend=backend.name,
+        gpus=GpuTable(backend.infos),
+        devices=backend.devices,
+        lanes=lanes,
+        enabled_groups=API_GROUPS,
+    )
+    dispatcher = Dispatcher(build_methods(), context)
+    on_closed: Callable[[], None] = _nothing
+    if config.mode == "uds":
+        listener, socket_file = await listeners.open_unix_listener(
+            config.socket_path, config.socket_permissions, config.socket_uid, config.socket_gid
+        )
+        on_closed = socket_file.remove
+    else:
+        listener = await listeners.open_tcp_listener(config.tcp_host, config.tcp_port)
+    address = listeners.describe(listener)
+    server = Server(dispatcher, lanes, config.max_line_bytes)
+    try:
+        async with trio.open_nursery() as nursery:
+            if handle_signals:
+                # Catch signals before announcing readiness, so none can kill us uncleanly.
+                await nursery.start(stop_on_signals, server)
+            await nursery.start(server.run, listener, on_closed)
+            log.info(
+                "zeusd %s listening on %s (%s backend, %d GPUs)",
+                __version__,
+                address,
+                backend.name,
+                len(backend.devices),
+            )
+            task_status.started(Running(address, server))
+            await server.wait_stopped()
+            nursery.cancel_scope.cancel()  # the signal watcher runs forever otherwise
+    finally:
+        on_closed()

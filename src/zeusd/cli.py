@@ -1,0 +1,177 @@
+"""``zeusd`` command line: parse flags, check privileges, run the daemon."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from zeusd import __version__
+from zeusd.app import open_backend, serve
+from zeusd.config import (
+    DEFAULT_MAX_LINE_BYTES,
+    DEFAULT_SIM_GPUS,
+    DEFAULT_SOCKET_PATH,
+    DEFAULT_TCP_BIND_ADDRESS,
+    Config,
+)
+from zeusd.server.listeners import StartupError, parse_host_port
+
+log = logging.getLogger("zeusd")
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer (got {text!r})") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
+    return value
+
+
+def _id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a numeric id (got {text!r})") from None
+    if not 0 <= value < 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, {2**32 - 2}] (got {value})")
+    return value
+
+
+def _octal_mode(text: str) -> int:
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected octal like 660 (got {text!r})") from None
+    if not 0 <= value <= 0o777:
+        raise argparse.ArgumentTypeError(f"must be between 000 and 777 (got {text})")
+    return value
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    try:
+        return parse_host_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zeusd",
+        description="Serve privileged NVML GPU energy controls to unprivileged clients over "
+        "line-delimited JSON-RPC 2.0.",
+    )
+    parser.add_argument("-V", "--version", action="version", version=f"zeusd {__version__}")
+    parser.add_argument("--mode", choices=("uds", "tcp"), default="uds", help="transport (uds)")
+    parser.add_argument("--socket-path", default=DEFAULT_SOCKET_PATH, help="(%(default)s)")
+    parser.add_argument(
+        "--socket-permissions", type=_octal_mode, default=0o666, help="octal mode (666)"
+    )
+    parser.add_argument("--socket-uid", type=_id, help="owner uid of the socket file")
+    parser.add_argument("--socket-gid", type=_id, help="group gid of the socket file")
+    parser.add_argument(
+        "--tcp-bind-address",
+        type=_host_port,
+        default=DEFAULT_TCP_BIND_ADDRESS,
+        help=f"HOST:PORT for --mode tcp ({DEFAULT_TCP_BIND_ADDRESS})",
+    )
+    parser.add_argument(
+        "--allow-unprivileged",
+        action="store_true",
+        help="start the nvml backend without root (GPU writes will then fail)",
+    )
+    parser.add_argument(
+        "--num-workers",
+        type=_positive,
+        default=os.cpu_count() or 1,
+        help="threads for blocking NVML calls (logical CPUs: %(default)s)",
+    )
+    parser.add_argument("--gpu-backend", choices=("nvml", "sim"), default="nvml")
+    parser.add_argument(
+        "--sim-gpus", type=_positive, help=f"number of simulated GPUs ({DEFAULT_SIM_GPUS})"
+    )
+    parser.add_argument("--sim-config", metavar="FILE", help="TOML file describing sim GPUs")
+    parser.add_argument(
+        "--max-line-bytes",
+        type=_positive,
+        default=DEFAULT_MAX_LINE_BYTES,
+        help="longest request line accepted (%(default)s)",
+    )
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    return parser
+
+
+def parse_config(argv: Sequence[str] | None = None) -> Config:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.gpu_backend != "sim" and (args.sim_gpus is not None or args.sim_config):
+        parser.error("--sim-gpus and --sim-config need --gpu-backend sim")
+    if args.sim_gpus is not None and args.sim_config:
+        parser.error("--sim-gpus cannot be combined with --sim-config (the file lists the GPUs)")
+    host, port = args.tcp_bind_address
+    return Config(
+        mode=args.mode,
+        socket_path=args.socket_path,
+        socket_permissions=args.socket_permissions,
+        socket_uid=args.socket_uid,
+        socket_gid=args.socket_gid,
+        tcp_host=host,
+        tcp_port=port,
+        allow_unprivileged=args.allow_unprivileged,
+        num_workers=args.num_workers,
+        gpu_backend=args.gpu_backend,
+        sim_gpus=args.sim_gpus if args.sim_gpus is not None else DEFAULT_SIM_GPUS,
+        sim_config=args.sim_config,
+        max_line_bytes=args.max_line_bytes,
+        log_level=args.log_level,
+    )
+
+
+def privilege_problem(config: Config, euid: int) -> str | None:
+    """Why the daemon must not start with these privileges, or None."""
+    if config.gpu_backend == "nvml" and euid != 0 and not config.allow_unprivileged:
+        return (
+            "the nvml backend must run as root: changing power limits, clocks and persistence "
+            "mode needs CAP_SYS_ADMIN. Run zeusd as root, pass --allow-unprivileged to start "
+            "anyway (GPU writes will fail), or use --gpu-backend sim to try it without a GPU."
+        )
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_config(argv)
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    problem = privilege_problem(config, os.geteuid())
+    if problem:
+        print(f"zeusd: {problem}", file=sys.stderr)
+        return 1
+    try:
+        backend = open_backend(config)
+    except StartupError as exc:
+        print(f"zeusd: {exc}", file=sys.stderr)
+        return 1
+    try:
+        trio.run(serve, config, backend)
+    except StartupError as exc:
+        print(f"zeusd: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        backend.close()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""The daemon's settings, as parsed from the command line."""
+
+from __future__ import annotations
+
+import attrs
+
+DEFAULT_SOCKET_PATH = "/var/run/zeusd.sock"
+DEFAULT_TCP_BIND_ADDRESS = "127.0.0.1:4938"
+DEFAULT_MAX_LINE_BYTES = 1024 * 1024
+DEFAULT_SIM_GPUS = 4
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    mode: str = "uds"
+    socket_path: str = DEFAULT_SOCKET_PATH
+    socket_permissions: int = 0o666
+    socket_uid: int | None = None
+    socket_gid: int | None = None
+    tcp_host: str = "127.0.0.1"
+    tcp_port: int = 4938
+    allow_unprivileged: bool = False
+    num_workers: int = 1
+    gpu_backend: str = "nvml"
+    sim_gpus: int = DEFAULT_SIM_GPUS
+    sim_config: str | None = None
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    log_level: str = "info"

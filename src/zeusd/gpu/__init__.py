@@ -1,0 +1,1 @@
+"""GPU access: the NVML backend, per-GPU work lanes and the validated command objects."""

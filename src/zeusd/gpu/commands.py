@@ -1,0 +1,285 @@
+"""Every GPU method as a frozen attrs command: built from raw params, validated, then run.
+
+Building a command checks every parameter against every target GPU (limits read at
+start-up) and raises :class:`InvalidParamsError` before any GPU is touched. A built command
+knows the blocking call to make on one GPU (``run``) and how to shape the per-GPU values
+into the method's result (``result``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import attrs
+
+from zeusd.gpu.backend import GpuInfo, NvmlCallError, NvmlDevice
+from zeusd.rpc.errors import InvalidParamsError
+
+UINT32_MAX = 2**32 - 1
+MIN_CLOCK_MHZ = 1
+
+
+def is_int(value: object) -> bool:
+    """JSON integers only: ``True`` and ``300000.0`` are not integers here."""
+    return type(value) is int
+
+
+def check_int(name: str, value: object, low: int, high: int, where: str = "") -> int:
+    """Return *value* if it is an integer in [low, high], else raise InvalidParamsError."""
+    if not is_int(value):
+        raise InvalidParamsError(name, f"'{name}' must be an integer (got {value!r})")
+    assert isinstance(value, int)
+    if not low <= value <= high:
+        raise InvalidParamsError(
+            name, f"'{name}' must be in [{low}, {high}]{where} (got {value})", min=low, max=high
+        )
+    return value
+
+
+class GpuTable:
+    """The node's GPUs by index; turns a ``gpu_ids`` param into validated targets."""
+
+    def __init__(self, infos: Sequence[GpuInfo]) -> None:
+        self.infos = tuple(infos)
+        self._by_index = {info.index: info for info in infos}
+
+    def resolve(self, gpu_ids: object) -> tuple[GpuInfo, ...]:
+        """Validate a ``gpu_ids`` param; ``None`` (omitted on a read) means every GPU."""
+        if gpu_ids is None:
+            return self.infos
+        if not isinstance(gpu_ids, list):
+            raise InvalidParamsError(
+                "gpu_ids", f"'gpu_ids' must be a list of GPU ids (got {gpu_ids!r})"
+            )
+        if not gpu_ids:
+            raise InvalidParamsError("gpu_ids", "'gpu_ids' must not be empty")
+        seen: set[int] = set()
+        targets = []
+        for gpu in gpu_ids:
+            if not is_int(gpu):
+                raise InvalidParamsError(
+                    "gpu_ids", f"'gpu_ids' must hold integer GPU ids (got {gpu!r})"
+                )
+            if gpu in seen:
+                raise InvalidParamsError("gpu_ids", f"GPU {gpu} is listed twice in 'gpu_ids'")
+            info = self._by_index.get(gpu)
+            if info is None:
+                known = ", ".join(str(i) for i in self._by_index) or "none"
+                raise InvalidParamsError(
+                    "gpu_ids", f"unknown GPU {gpu} (this node's GPUs: {known})"
+                )
+            seen.add(gpu)
+            targets.append(info)
+        return tuple(targets)
+
+
+def _int_in(low: int, high: int) -> Any:
+    def validate(_: object, attribute: attrs.Attribute[int], value: object) -> None:
+        check_int(attribute.name, value, low, high)
+
+    return validate
+
+
+def _bool_field() -> Any:
+    def validate(_: object, attribute: attrs.Attribute[bool], value: object) -> None:
+        if not isinstance(value, bool):
+            raise InvalidParamsError(
+                attribute.name, f"'{attribute.name}' must be true or false (got {value!r})"
+            )
+
+    return attrs.field(validator=validate)
+
+
+def _max_not_below_min(inst: Any, attribute: attrs.Attribute[int], value: int) -> None:
+    # attrs runs validators after every field is set, so min_clock_mhz is already checked.
+    if value < inst.min_clock_mhz:
+        raise InvalidParamsError(
+            attribute.name,
+            f"'max_clock_mhz' must be >= 'min_clock_mhz' (got {inst.min_clock_mhz} > {value})",
+            min=inst.min_clock_mhz,
+            max=UINT32_MAX,
+        )
+
+
+class GpuCommand(Protocol):
+    """What the dispatcher needs from a command."""
+
+    gpus: tuple[GpuInfo, ...]
+
+    def run(self, device: NvmlDevice) -> Any:
+        """The blocking NVML work on one GPU; runs in a worker thread."""
+
+    def result(self, values: Mapping[int, Any]) -> Any:
+        """Shape per-GPU values (keyed by GPU index, in request order) into the result."""
+
+
+# --- writes -----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class _Write:
+    gpus: tuple[GpuInfo, ...]
+
+    def result(self, values: Mapping[int, Any]) -> Any:
+        return {"applied": list(values)}
+
+
+@attrs.frozen
+class SetPowerLimit(_Write):
+    power_limit_mw: int = attrs.field()
+
+    @power_limit_mw.validator
+    def _check(self, attribute: attrs.Attribute[int], value: object) -> None:
+        for gpu in self.gpus:
+            low, high = gpu.min_power_limit_mw, gpu.max_power_limit_mw
+            check_int(attribute.name, value, low, high, where=f" for GPU {gpu.index}")
+
+    def run(self, device: NvmlDevice) -> None:
+        device.set_power_limit(self.power_limit_mw)
+
+
+@attrs.frozen
+class ResetPowerLimit(_Write):
+    def run(self, device: NvmlDevice) -> None:
+        device.reset_power_limit()
+
+
+@attrs.frozen
+class SetPersistenceMode(_Write):
+    enabled: bool = _bool_field()
+
+    def run(self, device: NvmlDevice) -> None:
+        device.set_persistence_mode(self.enabled)
+
+
+@attrs.frozen
+class _LockClocks(_Write):
+    min_clock_mhz: int = attrs.field(validator=_int_in(MIN_CLOCK_MHZ, UINT32_MAX))
+    max_clock_mhz: int = attrs.field(
+        validator=[_int_in(MIN_CLOCK_MHZ, UINT32_MAX), _max_not_below_min]
+    )
+
+
+@attrs.frozen
+class SetGpuLockedClocks(_LockClocks):
+    def run(self, device: NvmlDevice) -> None:
+        device.set_gpu_locked_clocks(self.min_clock_mhz, self.max_clock_mhz)
+
+
+@attrs.frozen
+class SetMemLockedClocks(_LockClocks):
+    def run(self, device: NvmlDevice) -> None:
+        device.set_mem_locked_clocks(self.min_clock_mhz, self.max_clock_mhz)
+
+
+@attrs.frozen
+class ResetGpuLockedClocks(_Write):
+    def run(self, device: NvmlDevice) -> None:
+        device.reset_gpu_locked_clocks()
+
+
+@attrs.frozen
+class ResetMemLockedClocks(_Write):
+    def run(self, device: NvmlDevice) -> None:
+        device.reset_mem_locked_clocks()
+
+
+@attrs.frozen
+class ResetLockedClocks(_Write):
+    def run(self, device: NvmlDevice) -> None:
+        device.reset_locked_clocks()
+
+
+# --- reads ------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class _ReadByGpu:
+    """A read whose result is ``{"<id>": value}``."""
+
+    gpus: tuple[GpuInfo, ...]
+
+    def result(self, values: Mapping[int, Any]) -> Any:
+        return {str(gpu): value for gpu, value in values.items()}
+
+
+@attrs.frozen
+class GetPowerLimit(_ReadByGpu):
+    def run(self, device: NvmlDevice) -> Any:
+        return {"power_limit_mw": device.get_power_limit()}
+
+
+@attrs.frozen
+class GetPowerLimitConstraints(_ReadByGpu):
+    def run(self, device: NvmlDevice) -> Any:
+        low, high = device.get_power_limit_constraints()
+        return {
+            "min_power_limit_mw": low,
+            "max_power_limit_mw": high,
+            "default_power_limit_mw": device.get_default_power_limit(),
+        }
+
+
+@attrs.frozen
+class GetPersistenceMode(_ReadByGpu):
+    def run(self, device: NvmlDevice) -> Any:
+        return {"enabled": device.get_persistence_mode()}
+
+
+@attrs.frozen
+class GetCumulativeEnergy(_ReadByGpu):
+    def run(self, device: NvmlDevice) -> Any:
+        return {"energy_mj": device.get_cumulative_energy()}
+
+
+@attrs.frozen
+class GetSupportedMemoryClocks(_ReadByGpu):
+    def run(self, device: NvmlDevice) -> Any:
+        return {"memory_clocks_mhz": device.get_supported_memory_clocks()}
+
+
+@attrs.frozen
+class GetSupportedGraphicsClocks(_ReadByGpu):
+    #: None: use each GPU's highest supported memory clock.
+    memory_clock_mhz: int | None = attrs.field(default=None)
+
+    @memory_clock_mhz.validator
+    def _check(self, attribute: attrs.Attribute[int | None], value: object) -> None:
+        if value is None:
+            return
+        check_int("memory_clock_mhz", value, MIN_CLOCK_MHZ, UINT32_MAX)
+        for gpu in self.gpus:
+            if gpu.memory_clocks_mhz is not None and value not in gpu.memory_clocks_mhz:
+                supported = ", ".join(map(str, gpu.memory_clocks_mhz))
+                raise InvalidParamsError(
+                    "memory_clock_mhz",
+                    f"{value} MHz is not a supported memory clock of GPU {gpu.index}"
+                    f" (supported: {supported})",
+                )
+
+    def run(self, device: NvmlDevice) -> Any:
+        memory_clock = self.memory_clock_mhz
+        if memory_clock is None:
+            supported = device.get_supported_memory_clocks()
+            if not supported:
+                raise NvmlCallError("NVML_ERROR_NOT_SUPPORTED", "no supported memory clocks")
+            memory_clock = max(supported)
+        return {"graphics_clocks_mhz": device.get_supported_graphics_clocks(memory_clock)}
+
+
+@attrs.frozen
+class GetPower:
+    """Instantaneous power of each GPU, stamped with the daemon's clock."""
+
+    gpus: tuple[GpuInfo, ...]
+
+    def run(self, device: NvmlDevice) -> int:
+        return device.get_power()
+
+    def result(self, values: Mapping[int, Any]) -> Any:
+        return {
+            "timestamp_ms": int(time.time() * 1000),
+            "power_mw": {str(gpu): value for gpu, value in values.items()},
+        }

@@ -1,0 +1,212 @@
+"""A trio-friendly JSON-RPC dispatcher built from jsonrpcserver's pieces.
+
+jsonrpcserver's own ``async_dispatch`` runs on asyncio, and its jsonschema request check
+costs more than the rest of a dispatch together, so this module checks the request shape by
+hand and uses the library for what it is good at: result types, error results and response
+serialization.
+
+``handle_line`` does all of its synchronous work (parse, check, validate, queue GPU work)
+before returning. What is left is an awaitable the connection runs in its own task.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from collections.abc import Awaitable, Mapping
+from typing import Any
+
+from jsonrpcserver.dispatcher import to_response
+from jsonrpcserver.exceptions import JsonRpcError
+from jsonrpcserver.request import Request
+from jsonrpcserver.response import ErrorResponse, serialize_error, to_serializable_one
+from jsonrpcserver.result import (
+    Error,
+    InternalErrorResult,
+    MethodNotFoundResult,
+    Result,
+)
+from jsonrpcserver.sentinels import NOID
+from oslash.either import Left
+
+from zeusd.rpc.context import Context
+from zeusd.rpc.errors import INVALID_REQUEST, PARSE_ERROR, InvalidParamsError
+from zeusd.rpc.methods import MethodSpec
+
+log = logging.getLogger(__name__)
+
+#: What handle_line returns: bytes to send now, nothing, or work to await first.
+Reply = bytes | None | Awaitable[bytes | None]
+_Member = dict[str, Any] | None | Awaitable[dict[str, Any] | None]
+
+_REQUEST_KEYS = frozenset({"jsonrpc", "method", "params", "id"})
+
+
+def encode(message: Any) -> bytes:
+    """One compact JSON line."""
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def error_message(code: int, message: str, data: Any, id: Any = None) -> dict[str, Any]:
+    return serialize_error(ErrorResponse(code, message, data, id))
+
+
+def parse_error(reason: str) -> bytes:
+    return encode(error_message(PARSE_ERROR, "Parse error", reason))
+
+
+def _shape_problem(obj: dict[str, Any]) -> str | None:
+    """Why *obj* is not a JSON-RPC 2.0 request object, or None."""
+    if obj.get("jsonrpc") != "2.0":
+        return "'jsonrpc' must be exactly \"2.0\""
+    if not isinstance(obj.get("method"), str):
+        return "'method' must be a string"
+    extra = obj.keys() - _REQUEST_KEYS
+    if extra:
+        return f"unexpected member {sorted(extra)[0]!r}"
+    if "params" in obj and not isinstance(obj["params"], dict | list):
+        return "'params' must be an object or an array"
+    return None
+
+
+def _valid_id(value: Any) -> bool:
+    # bool is an int subclass but not a JSON number.
+    return value is None or type(value) in (str, int, float)
+
+
+class Dispatcher:
+    """Turns request lines into response lines. One per daemon; holds no per-line state."""
+
+    def __init__(self, methods: Mapping[str, MethodSpec], context: Context) -> None:
+        self._methods = methods
+        self._context = context
+
+    def handle_line(self, line: bytes) -> Reply:
+        """Process one line; see :data:`Reply`."""
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return parse_error(f"not UTF-8: {exc.reason} at byte {exc.start}")
+        if not text.strip():
+            return None  # blank lines are allowed between requests
+        try:
+            doc = json.loads(text, parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as exc:
+            return parse_error(f"not JSON: {exc}" if isinstance(exc, ValueError) else "too deep")
+
+        if not isinstance(doc, list):
+            return self._reply_one(self._start(doc))
+        if not doc:
+            return encode(error_message(INVALID_REQUEST, "Invalid request", "empty batch"))
+        return self._reply_batch([self._start(member) for member in doc])
+
+    # -- one request -----------------------------------------------------------------------
+
+    def _start(self, obj: Any) -> _Member:
+        if not isinstance(obj, dict):
+            return error_message(INVALID_REQUEST, "Invalid request", "not a JSON object")
+        req_id = obj.get("id", NOID)
+        if req_id is not NOID and not _valid_id(req_id):
+            return error_message(
+                INVALID_REQUEST, "Invalid request", "'id' must be a string, number or null"
+            )
+        problem = _shape_problem(obj)
+        if problem is not None:
+            reply_id = None if req_id is NOID else req_id
+            return error_message(INVALID_REQUEST, "Invalid request", problem, reply_id)
+
+        request = Request(obj["method"], obj.get("params", {}), req_id)
+        spec = self._methods.get(request.method)
+        if spec is None:
+            return self._respond(request, Left(MethodNotFoundResult(request.method)))
+        try:
+            outcome = spec.handler(self._context, **self._kwargs(spec, request.params))
+        except Exception as exc:
+            return self._respond(request, self._error_result(request, exc))
+        if inspect.isawaitable(outcome):
+            return self._finish(request, outcome)
+        return self._respond(request, outcome)
+
+    @staticmethod
+    def _kwargs(spec: MethodSpec, params: Any) -> dict[str, Any]:
+        if not isinstance(params, dict):
+            raise InvalidParamsError("params", "params must be given by name, as a JSON object")
+        unknown = params.keys() - spec.param_names
+        if unknown:
+            name = sorted(unknown)[0]
+            accepted = ", ".join(sorted(spec.param_names)) or "none"
+            raise InvalidParamsError(
+                name, f"unknown param '{name}' for {spec.name} (accepted: {accepted})"
+            )
+        for name in spec.required:
+            if name not in params:
+                raise InvalidParamsError(name, f"missing required param '{name}'")
+        return {p.name: params.get(p.name, p.default) for p in spec.params}
+
+    async def _finish(self, request: Request, pending: Awaitable[Result]) -> dict[str, Any] | None:
+        try:
+            result = await pending
+        except Exception as exc:
+            result = self._error_result(request, exc)
+        return self._respond(request, result)
+
+    @staticmethod
+    def _error_result(request: Request, exc: Exception) -> Result:
+        if isinstance(exc, JsonRpcError):
+            return Error(exc.code, exc.message, exc.data)
+        log.exception("internal error in %s", request.method)
+        return Left(InternalErrorResult(f"{type(exc).__name__}; see the daemon log"))
+
+    @staticmethod
+    def _respond(request: Request, result: Result) -> dict[str, Any] | None:
+        if request.id is NOID:
+            if isinstance(result, Left):
+                err = result._error
+                log.warning(
+                    "notification %s failed: %s (%d) %s",
+                    request.method,
+                    err.message,
+                    err.code,
+                    err.data,
+                )
+            return None
+        return to_serializable_one(to_response(request, result))  # type: ignore[return-value]
+
+    # -- replies ---------------------------------------------------------------------------
+
+    def _reply_one(self, member: _Member) -> Reply:
+        if member is None or isinstance(member, dict):
+            return self._encode(member)
+        return self._await_one(member)
+
+    async def _await_one(self, member: Awaitable[dict[str, Any] | None]) -> bytes | None:
+        return self._encode(await member)
+
+    def _reply_batch(self, members: list[_Member]) -> Reply:
+        if any(inspect.isawaitable(m) for m in members):
+            return self._await_batch(members)
+        return self._encode_batch(members)  # type: ignore[arg-type]
+
+    async def _await_batch(self, members: list[_Member]) -> bytes | None:
+        # Every member's GPU work is already queued, so awaiting them in turn costs nothing.
+        done = [await m if inspect.isawaitable(m) else m for m in members]
+        return self._encode_batch(done)
+
+    def _encode_batch(self, members: list[dict[str, Any] | None]) -> bytes | None:
+        responses = [m for m in members if m is not None]
+        return self._encode(responses) if responses else None
+
+    @staticmethod
+    def _encode(message: Any) -> bytes | None:
+        if message is None:
+            return None
+        try:
+            return encode(message)
+        except (TypeError, ValueError):  # a handler returned something JSON cannot carry
+            log.exception("cannot serialize a response")
+            return encode(error_message(-32603, "Internal error", "unserializable result"))

@@ -1,0 +1,98 @@
+"""One client connection: read lines, hand them to the dispatcher, write the replies.
+
+Requests of a connection run concurrently: each one that has GPU work gets its own task and
+its reply is written when it completes, so a slow GPU never holds up a read of another.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+
+import trio
+
+from zeusd.rpc.dispatch import Dispatcher, parse_error
+from zeusd.rpc.framing import LineBuffer, LineTooLongError
+
+log = logging.getLogger(__name__)
+
+RECEIVE_BYTES = 65536
+_GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+class Connection:
+    """Serves one stream until the peer leaves, breaks the protocol, or the daemon drains."""
+
+    def __init__(self, stream: trio.abc.Stream, dispatcher: Dispatcher, max_line_bytes: int):
+        self._stream = stream
+        self._dispatcher = dispatcher
+        self._buffer = LineBuffer(max_line_bytes)
+        self._send_lock = trio.Lock()
+        self._stop_reading = False
+        # Only the wait for more bytes is cancelled on drain: a reply being written is never
+        # cut in half.
+        self._receive_scope = trio.CancelScope()
+
+    def drain(self) -> None:
+        """Stop reading new requests; the ones in flight finish and are answered."""
+        self._stop_reading = True
+        self._receive_scope.cancel()
+
+    async def serve(self) -> None:
+        async with self._stream:
+            try:
+                async with trio.open_nursery() as in_flight:
+                    if not await self._read_loop(in_flight):
+                        in_flight.cancel_scope.cancel()
+            except _GONE:
+                pass  # the peer went away; its queued GPU work still runs on the lanes
+
+    async def _read_loop(self, in_flight: trio.Nursery) -> bool:
+        """Read until EOF or drain (True: let in-flight requests finish) or a fatal error."""
+        while not self._stop_reading:
+            self._receive_scope = trio.CancelScope()
+            data: bytes | bytearray = b""
+            with self._receive_scope:
+                try:
+                    data = await self._stream.receive_some(RECEIVE_BYTES)
+                except _GONE:
+                    return False
+            if self._receive_scope.cancelled_caught:
+                break
+            if not data:
+                last = self._buffer.close()
+                if last is not None:
+                    await self._handle(last, in_flight)
+                return True
+            try:
+                lines = self._buffer.feed(data)
+            except LineTooLongError as exc:
+                # The contract: answer at once, then hang up, without waiting for "\n".
+                await self._send(parse_error(str(exc)))
+                return False
+            for line in lines:
+                await self._handle(line, in_flight)
+        return True
+
+    async def _handle(self, line: bytes, in_flight: trio.Nursery) -> None:
+        reply = self._dispatcher.handle_line(line)
+        if reply is None:
+            return
+        if isinstance(reply, bytes):
+            await self._send(reply)
+        elif inspect.isawaitable(reply):
+            in_flight.start_soon(self._finish, reply)
+
+    async def _finish(self, reply: object) -> None:
+        assert inspect.isawaitable(reply)
+        data = await reply
+        if data is not None:
+            await self._send(data)
+
+    async def _send(self, data: bytes) -> None:
+        async with self._send_lock:
+            try:
+                await self._stream.send_all(data)
+            except _GONE:
+                # Nobody to answer; stop reading too, which ends the connection.
+                self.drain()

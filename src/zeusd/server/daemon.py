@@ -1,0 +1,123 @@
+"""The daemon's lifetime: serve connections, then drain and stop cleanly on request."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+
+import trio
+
+from zeusd.gpu.lanes import GpuLanes
+from zeusd.rpc.dispatch import Dispatcher
+from zeusd.server.connection import Connection
+
+log = logging.getLogger(__name__)
+
+#: How long in-flight requests get to finish after SIGTERM before they are cut off.
+DRAIN_GRACE_S = 10.0
+
+
+class Server:
+    """Accepts connections on one listener and serves each with a :class:`Connection`."""
+
+    def __init__(self, dispatcher: Dispatcher, lanes: GpuLanes, max_line_bytes: int) -> None:
+        self._dispatcher = dispatcher
+        self._lanes = lanes
+        self._max_line_bytes = max_line_bytes
+        self._connections: set[Connection] = set()
+        self._stop = trio.Event()
+        self._force = trio.Event()
+        self._stopped = trio.Event()
+
+    def stop(self, *, force: bool = False) -> None:
+        """Begin shutdown: stop accepting and reading; *force* also cuts in-flight work."""
+        self._stop.set()
+        if force:
+            self._force.set()
+
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        """Serve one client stream; never lets a client's failure escape."""
+        connection = Connection(stream, self._dispatcher, self._max_line_bytes)
+        self._connections.add(connection)
+        try:
+            await connection.serve()
+        except Exception:
+            log.exception("connection failed; other connections are unaffected")
+        finally:
+            self._connections.discard(connection)
+
+    async def run(
+        self,
+        listener: trio.SocketListener,
+        on_closed: Callable[[], None] = lambda: None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until stop(); then finish in-flight requests and the queued GPU work.
+
+        *on_closed* runs as soon as no new connection can arrive (to remove a socket file).
+        """
+        try:
+            await self._serve(listener, on_closed, task_status)
+        finally:
+            self._stopped.set()
+
+    async def _serve(
+        self,
+        listener: trio.SocketListener,
+        on_closed: Callable[[], None],
+        task_status: trio.TaskStatus[None],
+    ) -> None:
+        async with trio.open_nursery() as root:
+            async with trio.open_nursery() as work:
+                root.start_soon(self._watchdog, work.cancel_scope)
+                await work.start(self._lanes.run)
+                async with trio.open_nursery() as connections:
+                    accepting = trio.CancelScope()
+
+                    async def accept() -> None:
+                        with accepting:
+                            await trio.serve_listeners(
+                                self.handle, [listener], handler_nursery=connections
+                            )
+
+                    connections.start_soon(accept)
+                    task_status.started()
+                    await self._stop.wait()
+                    accepting.cancel()
+                    on_closed()
+                    for connection in list(self._connections):
+                        connection.drain()
+                # Every connection is gone; run what is still queued, then the lanes end.
+                self._lanes.close()
+            root.cancel_scope.cancel()  # all finished in time: the watchdog is not needed
+
+    async def wait_stopped(self) -> None:
+        """Return once run() has finished."""
+        await self._stopped.wait()
+
+    async def _watchdog(self, work: trio.CancelScope) -> None:
+        """After stop(), give in-flight work DRAIN_GRACE_S (or until forced), then cut it."""
+        await self._stop.wait()
+        with trio.move_on_after(DRAIN_GRACE_S):
+            await self._force.wait()
+        log.warning("in-flight work did not finish in time; stopping anyway")
+        work.cancel()
+
+
+async def stop_on_signals(
+    server: Server, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """First SIGINT/SIGTERM drains the server; a second one forces it to stop."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        count = 0
+        async for signum in signals:
+            count += 1
+            log.info(
+                "received %s, %s",
+                signal.Signals(signum).name,
+                "draining" if count == 1 else "stopping now",
+            )
+            server.stop(force=count > 1)
