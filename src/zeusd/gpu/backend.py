@@ -38,7 +38,7 @@ def translate(exc: BaseException) -> NvmlCallError:
 
 
 def _text(value: str | bytes) -> str:
-    # Older nvidia-ml-py releases return bytes where newer ones return str.
+    # nvidia-ml-py decodes strings for us; be safe should a release hand back bytes.
     return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 

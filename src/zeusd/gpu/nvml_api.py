@@ -14,7 +14,6 @@ class NvmlApi(Protocol):
     """Functions and constants of pynvml called by :mod:`zeusd.gpu.backend`."""
 
     NVMLError: type[Exception]
-    NVML_ERROR_NOT_SUPPORTED: int
     NVML_FEATURE_DISABLED: int
     NVML_FEATURE_ENABLED: int
 

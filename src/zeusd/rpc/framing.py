@@ -8,14 +8,6 @@ synchronously.
 from __future__ import annotations
 
 
-class LineTooLongError(Exception):
-    """A line grew past the configured limit before its newline arrived."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"line longer than {limit} bytes")
-        self.limit = limit
-
-
 class LineBuffer:
     """Accumulates bytes and yields complete lines, ``\\n`` and a trailing ``\\r`` removed."""
 
@@ -27,9 +19,17 @@ class LineBuffer:
         # Where to resume looking for b"\n": rescanning the whole partial line on every
         # small read would make a slowly trickled long line quadratic.
         self._scanned = 0
+        #: Set once a line passed the cap; the buffer then takes no more input.
+        self.overflowed = False
 
     def feed(self, data: bytes | bytearray) -> list[bytes]:
-        """Add *data*; return the lines it completed. Raises LineTooLongError."""
+        """Add *data*; return the lines it completed.
+
+        If a line passes the cap (complete or not), the lines before it are returned and
+        :attr:`overflowed` is set: the caller answers them, then reports the error.
+        """
+        if self.overflowed:
+            return []
         buf = self._buf
         buf += data
         lines: list[bytes] = []
@@ -38,7 +38,7 @@ class LineBuffer:
         while pos != -1:
             end = pos - 1 if pos > start and buf[pos - 1] == 0x0D else pos
             if end - start > self._max:
-                raise LineTooLongError(self._max)
+                return self._overflow(lines)
             lines.append(bytes(buf[start:end]))
             start = pos + 1
             pos = buf.find(b"\n", start)
@@ -47,9 +47,18 @@ class LineBuffer:
         # A pending "\r" may still be the end of a "\r\n", so it does not count yet.
         pending = len(buf) - 1 if buf.endswith(b"\r") else len(buf)
         if pending > self._max:
-            raise LineTooLongError(self._max)
+            return self._overflow(lines)
         self._scanned = len(buf)
         return lines
+
+    def _overflow(self, lines: list[bytes]) -> list[bytes]:
+        self.overflowed = True
+        self._buf.clear()
+        return lines
+
+    @property
+    def limit(self) -> int:
+        return self._max
 
     def close(self) -> bytes | None:
         """End of stream: return the unterminated last line, if any, and reset."""

@@ -12,7 +12,7 @@ import logging
 import trio
 
 from zeusd.rpc.dispatch import Dispatcher, parse_error
-from zeusd.rpc.framing import LineBuffer, LineTooLongError
+from zeusd.rpc.framing import LineBuffer
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +64,12 @@ class Connection:
                 if last is not None:
                     await self._handle(last, in_flight)
                 return True
-            try:
-                lines = self._buffer.feed(data)
-            except LineTooLongError as exc:
-                # The contract: answer at once, then hang up, without waiting for "\n".
-                await self._send(parse_error(str(exc)))
-                return False
-            for line in lines:
+            for line in self._buffer.feed(data):
                 await self._handle(line, in_flight)
+            if self._buffer.overflowed:
+                # The contract: answer at once, without waiting for "\n", then hang up.
+                await self._send(parse_error(f"line longer than {self._buffer.limit} bytes"))
+                return False
         return True
 
     async def _handle(self, line: bytes, in_flight: trio.Nursery) -> None:
