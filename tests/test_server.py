@@ -239,3 +239,22 @@ async def test_stop_finishes_in_flight_then_removes_socket(sock_dir: str) -> Non
         await daemon.running.server.wait_stopped()
     assert not os.path.exists(daemon.path)
     assert daemon.sim.devices[1].power_limit_mw == 444_000
+
+
+async def test_notification_failure_is_logged_after_client_left(
+    daemon: SimDaemon, caplog: Any
+) -> None:
+    """A failing notification from a client that already hung up still runs and is logged."""
+    device = daemon.sim.devices[2]
+    device.faults["set_persistence_mode"] = "NVML_ERROR_NO_PERMISSION"
+    hold = threading.Event()
+    device.hold = hold
+    client = await daemon.connect()
+    await client.send(_req("gpu.set_persistence_mode", gpu_ids=[2], enabled=True))
+    await trio.sleep(0.05)
+    await client.aclose()
+    hold.set()
+    with trio.fail_after(5):
+        while not any("NVML_ERROR_NO_PERMISSION" in r.getMessage() for r in caplog.records):
+            await trio.sleep(0.01)
+    assert device.persistence_mode == 0

@@ -39,16 +39,18 @@ class Connection:
         self._receive_scope.cancel()
 
     async def serve(self) -> None:
-        async with self._stream:
-            try:
-                async with trio.open_nursery() as in_flight:
-                    if not await self._read_loop(in_flight):
-                        in_flight.cancel_scope.cancel()
-            except _GONE:
-                pass  # the peer went away; its queued GPU work still runs on the lanes
+        try:
+            async with trio.open_nursery() as in_flight:
+                if not await self._read_loop(in_flight):
+                    # Hang up now, but let in-flight requests finish: their GPU work is
+                    # queued already, and a failed notification must still be logged.
+                    # Their replies have nowhere to go and are dropped in _send.
+                    await trio.aclose_forcefully(self._stream)
+        finally:
+            await trio.aclose_forcefully(self._stream)
 
     async def _read_loop(self, in_flight: trio.Nursery) -> bool:
-        """Read until EOF or drain (True: let in-flight requests finish) or a fatal error."""
+        """Read until EOF or drain (True) or until the peer is gone or broke framing (False)."""
         while not self._stop_reading:
             self._receive_scope = trio.CancelScope()
             data: bytes | bytearray = b""

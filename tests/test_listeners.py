@@ -1,0 +1,146 @@
+"""Opening the listening socket: stale files, live daemons, permissions, addresses."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+
+import pytest
+import trio
+
+from zeusd.server.listeners import (
+    StartupError,
+    describe,
+    open_tcp_listener,
+    open_unix_listener,
+    parse_host_port,
+)
+
+
+async def test_socket_created_with_requested_mode(sock_dir: str) -> None:
+    """The socket file has exactly the requested permissions and the umask is restored."""
+    path = os.path.join(sock_dir, "z.sock")
+    umask_before = os.umask(0o022)
+    os.umask(umask_before)
+    listener, created = await open_unix_listener(path, 0o600)
+    assert stat.S_IMODE(os.lstat(path).st_mode) == 0o600
+    assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    current = os.umask(umask_before)
+    assert current == umask_before
+    await listener.aclose()
+    created.remove()
+    assert not os.path.exists(path)
+
+
+async def test_missing_parent_directory_is_created(sock_dir: str) -> None:
+    """A socket path in a directory that does not exist yet still works."""
+    path = os.path.join(sock_dir, "run", "zeusd", "z.sock")
+    listener, created = await open_unix_listener(path, 0o666)
+    assert os.path.exists(path)
+    await listener.aclose()
+    created.remove()
+
+
+async def test_stale_socket_is_replaced(sock_dir: str) -> None:
+    """A socket file nobody listens on (a crashed daemon's) is removed and re-bound."""
+    path = os.path.join(sock_dir, "z.sock")
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(path)
+    dead.close()
+    listener, created = await open_unix_listener(path, 0o666)
+    client = await trio.open_unix_socket(path)
+    await client.aclose()
+    await listener.aclose()
+    created.remove()
+
+
+async def test_live_socket_is_not_taken_over(sock_dir: str) -> None:
+    """If something answers on the path, start-up fails and the file is left alone."""
+    path = os.path.join(sock_dir, "z.sock")
+    live = socket.socket(socket.AF_UNIX)
+    live.bind(path)
+    live.listen(1)
+    inode = os.lstat(path).st_ino
+    with pytest.raises(StartupError, match="already listening"):
+        await open_unix_listener(path, 0o666)
+    assert os.lstat(path).st_ino == inode
+    live.close()
+
+
+async def test_non_socket_path_is_refused_untouched(sock_dir: str) -> None:
+    """A regular file at the path is never deleted."""
+    path = os.path.join(sock_dir, "z.sock")
+    with open(path, "w") as f:
+        f.write("precious")
+    with pytest.raises(StartupError, match="not a socket"):
+        await open_unix_listener(path, 0o666)
+    with open(path) as f:
+        assert f.read() == "precious"
+
+
+async def test_symlink_path_is_refused(sock_dir: str) -> None:
+    """A symlink at the socket path is not followed or replaced."""
+    target = os.path.join(sock_dir, "target")
+    with open(target, "w") as f:
+        f.write("x")
+    path = os.path.join(sock_dir, "z.sock")
+    os.symlink(target, path)
+    with pytest.raises(StartupError, match="not a socket"):
+        await open_unix_listener(path, 0o666)
+    assert os.path.islink(path)
+
+
+async def test_remove_leaves_a_replaced_file_alone(sock_dir: str) -> None:
+    """Shutdown only removes the socket file this daemon created."""
+    path = os.path.join(sock_dir, "z.sock")
+    listener, created = await open_unix_listener(path, 0o666)
+    await listener.aclose()
+    # Moved, not deleted, so the new file cannot reuse its inode number.
+    os.rename(path, path + ".moved")
+    other = socket.socket(socket.AF_UNIX)
+    try:
+        other.bind(path)
+        created.remove()
+        assert os.path.exists(path)
+    finally:
+        other.close()
+
+
+async def test_tcp_port_zero_reports_bound_port() -> None:
+    """Binding port 0 yields a real port, shown in the address string."""
+    listener = await open_tcp_listener("127.0.0.1", 0)
+    address = describe(listener)
+    port = listener.socket.getsockname()[1]
+    assert port > 0
+    assert address == f"tcp:127.0.0.1:{port}"
+    await listener.aclose()
+
+
+async def test_tcp_port_in_use_is_a_clear_error() -> None:
+    """A busy TCP port gives a StartupError that says so."""
+    first = await open_tcp_listener("127.0.0.1", 0)
+    port = first.socket.getsockname()[1]
+    with pytest.raises(StartupError, match="in use"):
+        await open_tcp_listener("127.0.0.1", port)
+    await first.aclose()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:4938", ("127.0.0.1", 4938)),
+        ("[::1]:80", ("::1", 80)),
+        ("localhost:0", ("localhost", 0)),
+    ],
+)
+def test_parse_host_port(text: str, expected: tuple[str, int]) -> None:
+    """HOST:PORT forms, IPv6 in brackets."""
+    assert parse_host_port(text) == expected
+
+
+@pytest.mark.parametrize("text", ["4938", ":4938", "host:", "host:port", "host:70000", "h:-1"])
+def test_parse_host_port_rejects(text: str) -> None:
+    """Malformed addresses are refused with a message."""
+    with pytest.raises(ValueError, match=r"HOST:PORT|port"):
+        parse_host_port(text)
