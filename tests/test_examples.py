@@ -1,0 +1,97 @@
+"""The examples and the README's quick-start script, run against a simulated daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from process_helpers import DaemonProcess, LineConnection, running_daemon, short_tempdir
+
+pytestmark = pytest.mark.process
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[DaemonProcess]:
+    path = os.path.join(short_tempdir(), "zeusd.sock")
+    with running_daemon(socket_path=path) as d:
+        yield d
+
+
+def test_socat_example(daemon: DaemonProcess) -> None:
+    """examples/socat.sh prints one valid response line per request, batch included."""
+    out = subprocess.run(
+        [str(ROOT / "examples" / "socat.sh"), daemon.socket_path or ""],
+        capture_output=True,
+        check=True,
+        timeout=20,
+    ).stdout
+    replies = [json.loads(line) for line in out.splitlines()]
+    singles = {r["id"]: r for r in replies if isinstance(r, dict)}
+    assert singles[2]["result"] == {"applied": [0]}
+    assert singles[3]["result"] == {"0": {"power_limit_mw": 300_000}}
+    (batch,) = [r for r in replies if isinstance(r, list)]
+    assert [r["id"] for r in batch] == [4, 5]
+    assert len(replies) == 4  # the reset was a notification
+
+
+def test_plain_python_example(daemon: DaemonProcess) -> None:
+    """examples/plain_client.py runs end to end and shows the refused request."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "plain_client.py"), daemon.socket_path or ""],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=20,
+    ).stdout
+    assert "4 GPUs" in out
+    assert "'power_limit_mw': 250000" in out
+    assert "refused as expected: gpu.set_power_limit: Invalid params (-32602)" in out
+
+
+def test_example_sim_config_starts_the_described_gpus() -> None:
+    """examples/sim-gpus.toml is accepted and yields the two GPUs it describes."""
+    path = os.path.join(short_tempdir(), "zeusd.sock")
+    config = str(ROOT / "examples" / "sim-gpus.toml")
+    with running_daemon("--sim-config", config, socket_path=path) as d, d.connect() as conn:
+        gpus = conn.result("discover")["gpus"]
+        assert [g["name"] for g in gpus] == ["NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe"]
+        assert [g["cumulative_energy_available"] for g in gpus] == [True, False]
+        refused = conn.call("gpu.set_persistence_mode", gpu_ids=[1], enabled=True)
+        assert refused["error"]["data"]["errors"]["1"]["nvml_error"] == "NVML_ERROR_NO_PERMISSION"
+
+
+def test_quick_start_script_serves_and_explains() -> None:
+    """scripts/sim starts a daemon on ZEUSD_SOCK_PATH and prints how to use socat."""
+    path = os.path.join(short_tempdir(), "zeusd.sock")
+    env = {**os.environ, "ZEUSD_SOCK_PATH": path}
+    proc = subprocess.Popen(
+        [str(ROOT / "scripts" / "sim"), "--sim-gpus", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "listening on" in line:
+                break
+        else:
+            pytest.fail("scripts/sim never reported 'listening on'")
+        with LineConnection.unix(path) as conn:
+            assert len(conn.result("discover")["gpus"]) == 2
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    assert f"socat - UNIX-CONNECT:{path}" in out
+    assert not os.path.exists(path)
