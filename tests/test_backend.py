@@ -104,3 +104,18 @@ def test_open_fails_cleanly_when_nvml_init_fails() -> None:
     with pytest.raises(NvmlCallError) as info:
         NvmlBackend.open(BrokenNvml(default_sim_gpus(1)))
     assert info.value.nvml_error == "NVML_ERROR_DRIVER_NOT_LOADED"
+
+
+def test_gpu_without_power_management_does_not_block_start_up() -> None:
+    """If one GPU cannot report power limits, start-up still serves it and the others."""
+
+    class NoPowerManagement(SimNvml):
+        def nvmlDeviceGetPowerManagementLimitConstraints(self, handle: object) -> list[int]:
+            if getattr(handle, "index", None) == 1:
+                raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+            return super().nvmlDeviceGetPowerManagementLimitConstraints(handle)
+
+    backend = NvmlBackend.open(NoPowerManagement(default_sim_gpus(2)))
+    assert backend.infos[0].max_power_limit_mw == 700_000
+    assert backend.infos[1].min_power_limit_mw is None
+    assert backend.infos[1].default_power_limit_mw is None

@@ -21,12 +21,17 @@ def test_defaults_match_the_original_daemon() -> None:
     assert config.num_workers >= 1
 
 
+def test_tcp_flags_are_parsed() -> None:
+    """--mode tcp with its bind address lands in the Config."""
+    config = parse_config(["--mode=tcp", "--tcp-bind-address=[::1]:5000"])
+    assert (config.mode, config.tcp_host, config.tcp_port) == ("tcp", "::1", 5000)
+
+
 def test_flags_are_parsed() -> None:
     """Every flag lands in the Config."""
     config = parse_config(
         [
-            "--mode=tcp",
-            "--tcp-bind-address=[::1]:5000",
+            "--socket-path=/run/z.sock",
             "--socket-permissions=660",
             "--socket-uid=10",
             "--socket-gid=20",
@@ -39,9 +44,7 @@ def test_flags_are_parsed() -> None:
         ]
     )
     assert config == Config(
-        mode="tcp",
-        tcp_host="::1",
-        tcp_port=5000,
+        socket_path="/run/z.sock",
         socket_permissions=0o660,
         socket_uid=10,
         socket_gid=20,
@@ -68,6 +71,9 @@ def test_flags_are_parsed() -> None:
         ["--gpu-backend=sim", "--sim-gpus=2", "--sim-config=x.toml"],
         ["--gpu-backend=sim", "--sim-gpus=0"],
         ["--enable=gpu-read"],
+        ["--mode=tcp", "--socket-path=/tmp/x.sock"],
+        ["--mode=tcp", "--socket-permissions=600"],
+        ["--tcp-bind-address=127.0.0.1:1"],
     ],
 )
 def test_bad_flags_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:

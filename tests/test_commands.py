@@ -9,6 +9,7 @@ import pytest
 from zeusd.gpu import commands as cmd
 from zeusd.gpu.backend import GpuInfo
 from zeusd.rpc.errors import InvalidParamsError
+from zeusd.rpc.omitted import OMITTED
 
 
 def _gpu(index: int, low: int = 200_000, high: int = 700_000) -> GpuInfo:
@@ -61,8 +62,21 @@ def test_bad_gpu_ids_are_refused(gpu_ids: object, reason: str) -> None:
 
 
 def test_omitted_gpu_ids_means_every_gpu() -> None:
-    """None (param omitted on a read) resolves to all GPUs in index order."""
-    assert [g.index for g in TABLE.resolve(None)] == [0, 1, 2]
+    """An omitted gpu_ids (on a read) resolves to all GPUs in index order."""
+    assert [g.index for g in TABLE.resolve(OMITTED)] == [0, 1, 2]
+
+
+def test_null_gpu_ids_is_not_every_gpu() -> None:
+    """An explicit null is a mistyped value, never a wildcard."""
+    data = _refused(TABLE.resolve, None)
+    assert data["reason"] == "'gpu_ids' must be a list of GPU ids (got null)"
+
+
+def test_reasons_show_values_as_json() -> None:
+    """Rejected values are shown as the client wrote them: true, null, "0"."""
+    assert "(got true)" in _refused(TABLE.resolve, [True])["reason"]
+    data = _refused(cmd.SetPowerLimit, TABLE.resolve([0]), power_limit_mw="300000")
+    assert data["reason"] == "'power_limit_mw' must be an integer (got \"300000\")"
 
 
 def test_gpu_ids_keep_request_order() -> None:
@@ -164,3 +178,21 @@ def test_commands_are_frozen() -> None:
     command = cmd.SetPowerLimit(TABLE.resolve([0]), power_limit_mw=250_000)
     with pytest.raises(AttributeError):
         command.power_limit_mw = 5  # type: ignore[misc]
+
+
+def test_gpu_without_known_limits_only_gets_the_uint32_check() -> None:
+    """With no constraints known, the limit must still fit NVML's 32-bit argument."""
+    unknown = GpuInfo(
+        index=9,
+        name="x",
+        uuid="GPU-9",
+        pci_address="0",
+        cumulative_energy_available=False,
+        min_power_limit_mw=None,
+        max_power_limit_mw=None,
+        default_power_limit_mw=None,
+        memory_clocks_mhz=None,
+    )
+    assert cmd.SetPowerLimit((unknown,), power_limit_mw=123).power_limit_mw == 123
+    data = _refused(cmd.SetPowerLimit, (unknown,), power_limit_mw=2**32)
+    assert (data["min"], data["max"]) == (1, 2**32 - 1)

@@ -23,6 +23,9 @@ from zeusd.server.listeners import StartupError
 from zeusd.sim import SimConfigError, SimNvml, default_sim_gpus, load_sim_config
 
 log = logging.getLogger(__name__)
+#: The readiness line goes through its own logger, which cli.py keeps at INFO whatever
+#: --log-level says: scripts and tests wait for it.
+ready_log = logging.getLogger("zeusd.ready")
 
 
 def open_backend(config: Config) -> NvmlBackend:
@@ -91,12 +94,14 @@ async def serve(
                 # Catch signals before announcing readiness, so none can kill us uncleanly.
                 await nursery.start(stop_on_signals, server)
             await nursery.start(server.run, listener, on_closed)
-            log.info(
-                "zeusd %s listening on %s (%s backend, %d GPUs)",
+            count = len(backend.devices)
+            ready_log.info(
+                "zeusd %s listening on %s (%s backend, %d GPU%s)",
                 __version__,
                 address,
                 backend.name,
-                len(backend.devices),
+                count,
+                "" if count == 1 else "s",
             )
             task_status.started(Running(address, server))
             await server.wait_stopped()

@@ -71,16 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-V", "--version", action="version", version=f"zeusd {__version__}")
     parser.add_argument("--mode", choices=("uds", "tcp"), default="uds", help="transport (uds)")
-    parser.add_argument("--socket-path", default=DEFAULT_SOCKET_PATH, help="(%(default)s)")
-    parser.add_argument(
-        "--socket-permissions", type=_octal_mode, default=0o666, help="octal mode (666)"
-    )
+    parser.add_argument("--socket-path", help=f"for --mode uds ({DEFAULT_SOCKET_PATH})")
+    parser.add_argument("--socket-permissions", type=_octal_mode, help="octal mode (666)")
     parser.add_argument("--socket-uid", type=_id, help="owner uid of the socket file")
     parser.add_argument("--socket-gid", type=_id, help="group gid of the socket file")
     parser.add_argument(
         "--tcp-bind-address",
         type=_host_port,
-        default=DEFAULT_TCP_BIND_ADDRESS,
         help=f"HOST:PORT for --mode tcp ({DEFAULT_TCP_BIND_ADDRESS})",
     )
     parser.add_argument(
@@ -116,11 +113,17 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         parser.error("--sim-gpus and --sim-config need --gpu-backend sim")
     if args.sim_gpus is not None and args.sim_config:
         parser.error("--sim-gpus cannot be combined with --sim-config (the file lists the GPUs)")
-    host, port = args.tcp_bind_address
+    # A flag for the other transport would be silently ignored; say so instead.
+    socket_flags = ("socket_path", "socket_permissions", "socket_uid", "socket_gid")
+    if args.mode == "tcp" and any(getattr(args, flag) is not None for flag in socket_flags):
+        parser.error("--socket-path/-permissions/-uid/-gid apply to --mode uds only")
+    if args.mode == "uds" and args.tcp_bind_address is not None:
+        parser.error("--tcp-bind-address needs --mode tcp")
+    host, port = args.tcp_bind_address or parse_host_port(DEFAULT_TCP_BIND_ADDRESS)
     return Config(
         mode=args.mode,
-        socket_path=args.socket_path,
-        socket_permissions=args.socket_permissions,
+        socket_path=args.socket_path or DEFAULT_SOCKET_PATH,
+        socket_permissions=0o666 if args.socket_permissions is None else args.socket_permissions,
         socket_uid=args.socket_uid,
         socket_gid=args.socket_gid,
         tcp_host=host,
@@ -153,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("zeusd.ready").setLevel(logging.INFO)
     problem = privilege_problem(config, os.geteuid())
     if problem:
         print(f"zeusd: {problem}", file=sys.stderr)

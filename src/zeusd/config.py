@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import attrs
 
 DEFAULT_SOCKET_PATH = "/var/run/zeusd.sock"
@@ -20,7 +22,7 @@ class Config:
     tcp_host: str = "127.0.0.1"
     tcp_port: int = 4938
     allow_unprivileged: bool = False
-    num_workers: int = 1
+    num_workers: int = attrs.field(factory=lambda: os.cpu_count() or 1)
     gpu_backend: str = "nvml"
     sim_gpus: int = DEFAULT_SIM_GPUS
     sim_config: str | None = None

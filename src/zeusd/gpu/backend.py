@@ -51,9 +51,10 @@ class GpuInfo:
     uuid: str
     pci_address: str
     cumulative_energy_available: bool
-    min_power_limit_mw: int
-    max_power_limit_mw: int
-    default_power_limit_mw: int
+    #: None when the GPU has no power management (then only NVML can refuse a limit).
+    min_power_limit_mw: int | None
+    max_power_limit_mw: int | None
+    default_power_limit_mw: int | None
     #: None when the driver could not list them; then memory clocks are not pre-checked.
     memory_clocks_mhz: tuple[int, ...] | None
 
@@ -149,7 +150,16 @@ class NvmlDevice:
     def read_info(self) -> GpuInfo:
         """Read what request validation needs; done once, at start-up."""
         nvml = self._nvml
-        low, high = self.get_power_limit_constraints()
+        low: int | None
+        high: int | None
+        default: int | None
+        try:
+            low, high = self.get_power_limit_constraints()
+            default = self.get_default_power_limit()
+        except NvmlCallError as exc:
+            # One GPU without power management must not keep the others from being served.
+            low = high = default = None
+            log.warning("GPU %d: no power limit constraints (%s)", self.index, exc.nvml_error)
         try:
             self.get_cumulative_energy()
             energy = True
@@ -170,7 +180,7 @@ class NvmlDevice:
             cumulative_energy_available=energy,
             min_power_limit_mw=low,
             max_power_limit_mw=high,
-            default_power_limit_mw=self.get_default_power_limit(),
+            default_power_limit_mw=default,
             memory_clocks_mhz=memory_clocks,
         )
 

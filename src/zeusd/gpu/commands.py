@@ -8,6 +8,7 @@ into the method's result (``result``).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -16,9 +17,19 @@ import attrs
 
 from zeusd.gpu.backend import GpuInfo, NvmlCallError, NvmlDevice
 from zeusd.rpc.errors import InvalidParamsError
+from zeusd.rpc.omitted import OMITTED
 
 UINT32_MAX = 2**32 - 1
 MIN_CLOCK_MHZ = 1
+
+
+def show(value: object) -> str:
+    """*value* as the client wrote it (JSON), shortened for error messages."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def is_int(value: object) -> bool:
@@ -29,7 +40,7 @@ def is_int(value: object) -> bool:
 def check_int(name: str, value: object, low: int, high: int, where: str = "") -> int:
     """Return *value* if it is an integer in [low, high], else raise InvalidParamsError."""
     if not is_int(value):
-        raise InvalidParamsError(name, f"'{name}' must be an integer (got {value!r})")
+        raise InvalidParamsError(name, f"'{name}' must be an integer (got {show(value)})")
     assert isinstance(value, int)
     if not low <= value <= high:
         raise InvalidParamsError(
@@ -46,12 +57,12 @@ class GpuTable:
         self._by_index = {info.index: info for info in infos}
 
     def resolve(self, gpu_ids: object) -> tuple[GpuInfo, ...]:
-        """Validate a ``gpu_ids`` param; ``None`` (omitted on a read) means every GPU."""
-        if gpu_ids is None:
+        """Validate a ``gpu_ids`` param; omitted (on a read) means every GPU."""
+        if gpu_ids is OMITTED:
             return self.infos
         if not isinstance(gpu_ids, list):
             raise InvalidParamsError(
-                "gpu_ids", f"'gpu_ids' must be a list of GPU ids (got {gpu_ids!r})"
+                "gpu_ids", f"'gpu_ids' must be a list of GPU ids (got {show(gpu_ids)})"
             )
         if not gpu_ids:
             raise InvalidParamsError("gpu_ids", "'gpu_ids' must not be empty")
@@ -60,7 +71,7 @@ class GpuTable:
         for gpu in gpu_ids:
             if not is_int(gpu):
                 raise InvalidParamsError(
-                    "gpu_ids", f"'gpu_ids' must hold integer GPU ids (got {gpu!r})"
+                    "gpu_ids", f"'gpu_ids' must hold integer GPU ids (got {show(gpu)})"
                 )
             if gpu in seen:
                 raise InvalidParamsError("gpu_ids", f"GPU {gpu} is listed twice in 'gpu_ids'")
@@ -86,7 +97,7 @@ def _bool_field() -> Any:
     def validate(_: object, attribute: attrs.Attribute[bool], value: object) -> None:
         if not isinstance(value, bool):
             raise InvalidParamsError(
-                attribute.name, f"'{attribute.name}' must be true or false (got {value!r})"
+                attribute.name, f"'{attribute.name}' must be true or false (got {show(value)})"
             )
 
     return attrs.field(validator=validate)
@@ -133,7 +144,8 @@ class SetPowerLimit(_Write):
     @power_limit_mw.validator
     def _check(self, attribute: attrs.Attribute[int], value: object) -> None:
         for gpu in self.gpus:
-            low, high = gpu.min_power_limit_mw, gpu.max_power_limit_mw
+            low = gpu.min_power_limit_mw or 1
+            high = gpu.max_power_limit_mw or UINT32_MAX
             check_int(attribute.name, value, low, high, where=f" for GPU {gpu.index}")
 
     def run(self, device: NvmlDevice) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import math
 from collections.abc import Awaitable, Mapping
 from typing import Any
 
@@ -45,7 +46,8 @@ _REQUEST_KEYS = frozenset({"jsonrpc", "method", "params", "id"})
 
 def encode(message: Any) -> bytes:
     """One compact JSON line."""
-    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+    # allow_nan=False: a reply must be JSON even if a value went non-finite somewhere.
+    return json.dumps(message, separators=(",", ":"), allow_nan=False).encode() + b"\n"
 
 
 def _reject_constant(name: str) -> Any:
@@ -75,8 +77,9 @@ def _shape_problem(obj: dict[str, Any]) -> str | None:
 
 
 def _valid_id(value: Any) -> bool:
-    # bool is an int subclass but not a JSON number.
-    return value is None or type(value) in (str, int, float)
+    # bool is an int subclass but not a JSON number; 1e400 parses as inf, which JSON lacks.
+    kind = type(value)
+    return value is None or kind is str or kind is int or (kind is float and math.isfinite(value))
 
 
 class Dispatcher:
@@ -102,23 +105,23 @@ class Dispatcher:
         if not isinstance(doc, list):
             return self._reply_one(self._start(doc))
         if not doc:
-            return encode(error_message(INVALID_REQUEST, "Invalid request", "empty batch"))
+            return encode(error_message(INVALID_REQUEST, "Invalid Request", "empty batch"))
         return self._reply_batch([self._start(member) for member in doc])
 
     # -- one request -----------------------------------------------------------------------
 
     def _start(self, obj: Any) -> _Member:
         if not isinstance(obj, dict):
-            return error_message(INVALID_REQUEST, "Invalid request", "not a JSON object")
+            return error_message(INVALID_REQUEST, "Invalid Request", "not a JSON object")
         req_id = obj.get("id", NOID)
         if req_id is not NOID and not _valid_id(req_id):
             return error_message(
-                INVALID_REQUEST, "Invalid request", "'id' must be a string, number or null"
+                INVALID_REQUEST, "Invalid Request", "'id' must be a string, number or null"
             )
         problem = _shape_problem(obj)
         if problem is not None:
             reply_id = None if req_id is NOID else req_id
-            return error_message(INVALID_REQUEST, "Invalid request", problem, reply_id)
+            return error_message(INVALID_REQUEST, "Invalid Request", problem, reply_id)
 
         request = Request(obj["method"], obj.get("params", {}), req_id)
         spec = self._methods.get(request.method)

@@ -17,6 +17,7 @@ from jsonrpcserver.result import Result, Success
 
 from zeusd.gpu import commands as cmd
 from zeusd.rpc.context import Context
+from zeusd.rpc.omitted import OMITTED
 
 Handler = Callable[..., "Result | Awaitable[Result]"]
 Schema = dict[str, Any]
@@ -32,8 +33,8 @@ class Param:
     schema: Schema
     description: str
     required: bool = False
-    #: The value a handler receives when an optional param is omitted.
-    default: Any = None
+    #: What the dispatcher passes when an optional param is left out.
+    default: Any = OMITTED
 
 
 @attrs.frozen
@@ -87,7 +88,9 @@ _APPLIED = _object(applied={"type": "array", "items": _INT})
 
 def _gpu_handler(command: type[Any]) -> Handler:
     def handle(ctx: Context, gpu_ids: object, **params: Any) -> Awaitable[Result]:
-        return ctx.submit(command(ctx.gpus.resolve(gpu_ids), **params))
+        # Left-out optional params take the command's own defaults.
+        given = {name: value for name, value in params.items() if value is not OMITTED}
+        return ctx.submit(command(ctx.gpus.resolve(gpu_ids), **given))
 
     return handle
 

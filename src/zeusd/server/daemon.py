@@ -102,7 +102,10 @@ class Server:
         await self._stop.wait()
         with trio.move_on_after(DRAIN_GRACE_S):
             await self._force.wait()
-        log.warning("in-flight work did not finish in time; stopping anyway")
+        if self._force.is_set():
+            log.warning("forced stop: abandoning in-flight work")
+        else:
+            log.warning("in-flight work did not finish in %.0f s; stopping anyway", DRAIN_GRACE_S)
         work.cancel()
 
 

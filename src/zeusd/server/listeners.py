@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket as stdlib_socket
 import stat
 
 import attrs
 import trio
+
+log = logging.getLogger(__name__)
 
 BACKLOG = 128
 
@@ -47,13 +50,14 @@ def _check_stale(path: str) -> None:
     try:
         probe.connect(path)
     except (ConnectionRefusedError, FileNotFoundError):
+        log.info("removing stale socket %s (nothing answers on it)", path)
         os.unlink(path)  # a socket file left by a daemon that died
         return
     except OSError as exc:
         raise StartupError(f"cannot check whether {path} is in use: {exc.strerror}") from exc
     finally:
         probe.close()
-    raise StartupError(f"another daemon is already listening on {path}; not starting")
+    raise StartupError(f"{path} is in use: another daemon answered on it; not starting")
 
 
 async def open_unix_listener(
