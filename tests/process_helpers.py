@@ -64,7 +64,8 @@ def check_message(message: Any) -> None:
 def parse_line(line: bytes) -> Any:
     """Parse one reply line (without its ``\\n``), asserting it is compact JSON-RPC 2.0."""
     assert line, "empty reply line"
-    assert b"\n" not in line and b"\r" not in line, line
+    assert b"\n" not in line, line
+    assert b"\r" not in line, line
     text = line.decode("utf-8")
     message = json.loads(text, parse_constant=_reject_constant)
     compact = {

@@ -17,7 +17,7 @@ import attrs
 
 from zeusd.gpu.backend import GpuInfo, NvmlCallError, NvmlDevice
 from zeusd.rpc.errors import InvalidParamsError
-from zeusd.rpc.omitted import OMITTED
+from zeusd.rpc.omitted import OMITTED, Omitted
 
 UINT32_MAX = 2**32 - 1
 MIN_CLOCK_MHZ = 1
@@ -254,12 +254,12 @@ class GetSupportedMemoryClocks(_ReadByGpu):
 
 @attrs.frozen
 class GetSupportedGraphicsClocks(_ReadByGpu):
-    #: None: use each GPU's highest supported memory clock.
-    memory_clock_mhz: int | None = attrs.field(default=None)
+    #: Left out: use each GPU's highest supported memory clock.
+    memory_clock_mhz: int | Omitted = attrs.field(default=OMITTED)
 
     @memory_clock_mhz.validator
-    def _check(self, attribute: attrs.Attribute[int | None], value: object) -> None:
-        if value is None:
+    def _check(self, attribute: attrs.Attribute[int | Omitted], value: object) -> None:
+        if value is OMITTED:
             return
         check_int("memory_clock_mhz", value, MIN_CLOCK_MHZ, UINT32_MAX)
         for gpu in self.gpus:
@@ -273,7 +273,7 @@ class GetSupportedGraphicsClocks(_ReadByGpu):
 
     def run(self, device: NvmlDevice) -> Any:
         memory_clock = self.memory_clock_mhz
-        if memory_clock is None:
+        if memory_clock is OMITTED:
             supported = device.get_supported_memory_clocks()
             if not supported:
                 raise NvmlCallError("NVML_ERROR_NOT_SUPPORTED", "no supported memory clocks")

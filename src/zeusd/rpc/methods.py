@@ -88,9 +88,7 @@ _APPLIED = _object(applied={"type": "array", "items": _INT})
 
 def _gpu_handler(command: type[Any]) -> Handler:
     def handle(ctx: Context, gpu_ids: object, **params: Any) -> Awaitable[Result]:
-        # Left-out optional params take the command's own defaults.
-        given = {name: value for name, value in params.items() if value is not OMITTED}
-        return ctx.submit(command(ctx.gpus.resolve(gpu_ids), **given))
+        return ctx.submit(command(ctx.gpus.resolve(gpu_ids), **params))
 
     return handle
 
