@@ -13,7 +13,10 @@ from zeusd.gpu.commands import GpuTable
 from zeusd.rpc.context import Context
 from zeusd.rpc.dispatch import Dispatcher
 from zeusd.rpc.methods import MethodSpec, build_methods
+from zeusd.rpc.session import Session
 from zeusd.sim import SimNvml, default_sim_gpus
+
+SESSION = Session(transport="uds")
 
 
 class RecordingLanes:
@@ -27,7 +30,9 @@ class RecordingLanes:
         raise AssertionError("these tests must not reach a GPU")
 
 
-def _dispatcher(extra: MethodSpec | None = None) -> tuple[Dispatcher, RecordingLanes]:
+def _dispatcher(
+    extra: MethodSpec | None = None, groups: tuple[str, ...] = ("gpu-control", "gpu-read")
+) -> tuple[Dispatcher, RecordingLanes]:
     backend = NvmlBackend.open(SimNvml(default_sim_gpus(2)), name="sim")
     lanes = RecordingLanes()
     context = Context(
@@ -36,7 +41,7 @@ def _dispatcher(extra: MethodSpec | None = None) -> tuple[Dispatcher, RecordingL
         gpus=GpuTable(backend.infos),
         devices=backend.devices,
         lanes=lanes,  # type: ignore[arg-type]
-        enabled_groups=("gpu-control", "gpu-read"),
+        enabled_groups=groups,
     )
     methods = dict(build_methods())
     if extra is not None:
@@ -46,7 +51,7 @@ def _dispatcher(extra: MethodSpec | None = None) -> tuple[Dispatcher, RecordingL
 
 def _reply(line: bytes | str, extra: MethodSpec | None = None) -> Any:
     dispatcher, lanes = _dispatcher(extra)
-    data = dispatcher.handle_line(line.encode() if isinstance(line, str) else line)
+    data = dispatcher.handle_line(line.encode() if isinstance(line, str) else line, SESSION)
     assert lanes.submitted == []
     if data is None:
         return None
@@ -72,7 +77,7 @@ def test_sync_method_answers_immediately() -> None:
 def test_responses_are_compact() -> None:
     """Replies use no spaces after separators (one compact JSON text per line)."""
     dispatcher, _ = _dispatcher()
-    data = dispatcher.handle_line(b'{"jsonrpc": "2.0", "method": "nope", "id": 1}')
+    data = dispatcher.handle_line(b'{"jsonrpc": "2.0", "method": "nope", "id": 1}', SESSION)
     assert isinstance(data, bytes)
     assert b'{"jsonrpc":"2.0","error":{"code":-32601' in data
 
@@ -137,7 +142,7 @@ def test_notification_errors_are_not_answered() -> None:
 def test_unexpected_exception_is_internal_error(caplog: Any) -> None:
     """A handler bug becomes -32603 with the traceback in the log, not a crash."""
 
-    def broken(ctx: Any) -> Any:
+    def broken(ctx: Any, session: Any) -> Any:
         raise KeyError("oops")
 
     spec = MethodSpec("broken", "always fails", None, (), {}, broken)
@@ -149,6 +154,22 @@ def test_unexpected_exception_is_internal_error(caplog: Any) -> None:
 
 def test_unserializable_result_is_internal_error() -> None:
     """A result JSON cannot carry becomes -32603 instead of a broken line."""
-    spec = MethodSpec("weird", "returns a set", None, (), {}, lambda ctx: Success({1, 2}))
+    spec = MethodSpec("weird", "returns a set", None, (), {}, lambda ctx, session: Success({1, 2}))
     reply = _reply('{"jsonrpc":"2.0","method":"weird","id":4}', spec)
     assert reply["error"]["code"] == -32603
+
+
+def test_method_of_disabled_group_is_refused_first() -> None:
+    """A method whose group is not enabled is -32004, before its params are checked."""
+    dispatcher, lanes = _dispatcher(groups=("gpu-read",))
+    data = dispatcher.handle_line(
+        b'{"jsonrpc":"2.0","method":"gpu.set_power_limit","id":1,"params":{"bogus":1}}', SESSION
+    )
+    assert isinstance(data, bytes)
+    reply = json.loads(data)
+    assert reply["error"]["code"] == -32004
+    assert reply["error"]["data"]["group"] == "gpu-control"
+    assert lanes.submitted == []
+    ok = dispatcher.handle_line(b'{"jsonrpc":"2.0","method":"time","id":2}', SESSION)
+    assert isinstance(ok, bytes)
+    assert b'"result"' in ok

@@ -130,11 +130,11 @@ async def test_per_gpu_order_follows_read_order_across_connections(
     read_order: list[int] = []
     original = Dispatcher.handle_line
 
-    def recording(self: Dispatcher, line: bytes) -> Any:
+    def recording(self: Dispatcher, line: bytes, session: Any) -> Any:
         message = json.loads(line)
         if message.get("method") == "gpu.set_power_limit":
             read_order.append(message["params"]["power_limit_mw"])
-        return original(self, line)
+        return original(self, line, session)
 
     monkeypatch.setattr(Dispatcher, "handle_line", recording)
     applied: list[int] = []

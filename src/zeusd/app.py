@@ -87,7 +87,7 @@ async def serve(
     else:
         listener = await listeners.open_tcp_listener(config.tcp_host, config.tcp_port)
     address = listeners.describe(listener)
-    server = Server(dispatcher, lanes, config.max_line_bytes)
+    server = Server(dispatcher, lanes, config.max_line_bytes, config.mode)
     try:
         async with trio.open_nursery() as nursery:
             if handle_signals:

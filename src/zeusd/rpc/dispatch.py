@@ -31,9 +31,11 @@ from jsonrpcserver.result import (
 from jsonrpcserver.sentinels import NOID
 from oslash.either import Left
 
+from zeusd.rpc.access import check_access
 from zeusd.rpc.context import Context
 from zeusd.rpc.errors import INVALID_REQUEST, PARSE_ERROR, InvalidParamsError
 from zeusd.rpc.methods import MethodSpec
+from zeusd.rpc.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +91,8 @@ class Dispatcher:
         self._methods = methods
         self._context = context
 
-    def handle_line(self, line: bytes) -> Reply:
-        """Process one line; see :data:`Reply`."""
+    def handle_line(self, line: bytes, session: Session) -> Reply:
+        """Process one line from *session*'s connection; see :data:`Reply`."""
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -103,14 +105,14 @@ class Dispatcher:
             return parse_error(f"not JSON: {exc}" if isinstance(exc, ValueError) else "too deep")
 
         if not isinstance(doc, list):
-            return self._reply_one(self._start(doc))
+            return self._reply_one(self._start(doc, session))
         if not doc:
             return encode(error_message(INVALID_REQUEST, "Invalid Request", "empty batch"))
-        return self._reply_batch([self._start(member) for member in doc])
+        return self._reply_batch([self._start(member, session) for member in doc])
 
     # -- one request -----------------------------------------------------------------------
 
-    def _start(self, obj: Any) -> _Member:
+    def _start(self, obj: Any, session: Session) -> _Member:
         if not isinstance(obj, dict):
             return error_message(INVALID_REQUEST, "Invalid Request", "not a JSON object")
         req_id = obj.get("id", NOID)
@@ -128,7 +130,8 @@ class Dispatcher:
         if spec is None:
             return self._respond(request, Left(MethodNotFoundResult(request.method)))
         try:
-            outcome = spec.handler(self._context, **self._kwargs(spec, request.params))
+            check_access(self._context, session, spec)
+            outcome = spec.handler(self._context, session, **self._kwargs(spec, request.params))
         except Exception as exc:
             return self._respond(request, self._error_result(request, exc))
         if inspect.isawaitable(outcome):

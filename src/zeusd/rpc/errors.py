@@ -16,6 +16,9 @@ METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 DEVICE_ERROR = -32001
+PERMISSION_DENIED = -32002
+GROUP_DISABLED = -32004
+AUTH_REQUIRED = -32005
 
 
 class RpcError(JsonRpcError):
@@ -62,4 +65,16 @@ class DeviceError(RpcError):
                 "succeeded": succeeded,
                 "errors": {str(gpu): detail for gpu, detail in errors.items()},
             }
+        )
+
+
+class GroupDisabledError(RpcError):
+    """The method's API group is not enabled on this daemon (-32004)."""
+
+    rpc_code = GROUP_DISABLED
+    rpc_message = "Method group disabled"
+
+    def __init__(self, method: str, group: str) -> None:
+        super().__init__(
+            {"method": method, "group": group, "reason": f"the '{group}' group is not enabled"}
         )

@@ -3,7 +3,8 @@
 This one table drives param checking in the dispatcher, the OpenRPC document served by
 ``rpc.discover`` and the docs, so they cannot drift apart. Handlers are called synchronously
 with the request's params; a handler returns a jsonrpcserver ``Result`` or an awaitable of
-one (GPU work already queued on the lanes).
+one (GPU work already queued on the lanes). Every handler is called as
+``handler(context, session, **params)``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from jsonrpcserver.result import Result, Success
 from zeusd.gpu import commands as cmd
 from zeusd.rpc.context import Context
 from zeusd.rpc.omitted import OMITTED
+from zeusd.rpc.session import Session
 
 Handler = Callable[..., "Result | Awaitable[Result]"]
 Schema = dict[str, Any]
@@ -87,7 +89,7 @@ _APPLIED = _object(applied={"type": "array", "items": _INT})
 
 
 def _gpu_handler(command: type[Any]) -> Handler:
-    def handle(ctx: Context, gpu_ids: object, **params: Any) -> Awaitable[Result]:
+    def handle(ctx: Context, session: Session, gpu_ids: object, **params: Any) -> Awaitable[Result]:
         return ctx.submit(command(ctx.gpus.resolve(gpu_ids), **params))
 
     return handle
@@ -112,7 +114,7 @@ def _read(
     )
 
 
-def _discover(ctx: Context) -> Result:
+def _discover(ctx: Context, session: Session) -> Result:
     return Success(
         {
             "version": ctx.version,
@@ -125,7 +127,7 @@ def _discover(ctx: Context) -> Result:
     )
 
 
-def _time(ctx: Context) -> Result:
+def _time(ctx: Context, session: Session) -> Result:
     return Success({"timestamp_ms": int(time.time() * 1000)})
 
 
@@ -136,7 +138,7 @@ def _clock_params() -> tuple[Param, Param]:
     )
 
 
-def _rpc_discover(ctx: Context) -> Result:
+def _rpc_discover(ctx: Context, session: Session) -> Result:
     from zeusd.rpc.openrpc import openrpc_document  # the document needs this module's table
 
     return Success(openrpc_document(ctx.version))

@@ -13,6 +13,7 @@ import trio
 
 from zeusd.rpc.dispatch import Dispatcher, parse_error
 from zeusd.rpc.framing import LineBuffer
+from zeusd.rpc.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +24,15 @@ _GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
 class Connection:
     """Serves one stream until the peer leaves, breaks the protocol, or the daemon drains."""
 
-    def __init__(self, stream: trio.abc.Stream, dispatcher: Dispatcher, max_line_bytes: int):
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        dispatcher: Dispatcher,
+        max_line_bytes: int,
+        session: Session,
+    ) -> None:
         self._stream = stream
+        self.session = session
         self._dispatcher = dispatcher
         self._buffer = LineBuffer(max_line_bytes)
         self._send_lock = trio.Lock()
@@ -75,7 +83,7 @@ class Connection:
         return True
 
     async def _handle(self, line: bytes, in_flight: trio.Nursery) -> None:
-        reply = self._dispatcher.handle_line(line)
+        reply = self._dispatcher.handle_line(line, self.session)
         if reply is None:
             return
         if isinstance(reply, bytes):

@@ -10,6 +10,7 @@ import trio
 
 from zeusd.gpu.lanes import GpuLanes
 from zeusd.rpc.dispatch import Dispatcher
+from zeusd.rpc.session import Session
 from zeusd.server.connection import Connection
 
 log = logging.getLogger(__name__)
@@ -21,8 +22,11 @@ DRAIN_GRACE_S = 10.0
 class Server:
     """Accepts connections on one listener and serves each with a :class:`Connection`."""
 
-    def __init__(self, dispatcher: Dispatcher, lanes: GpuLanes, max_line_bytes: int) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, lanes: GpuLanes, max_line_bytes: int, transport: str
+    ) -> None:
         self._dispatcher = dispatcher
+        self._transport = transport
         self._lanes = lanes
         self._max_line_bytes = max_line_bytes
         self._connections: set[Connection] = set()
@@ -38,7 +42,8 @@ class Server:
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one client stream; never lets a client's failure escape."""
-        connection = Connection(stream, self._dispatcher, self._max_line_bytes)
+        session = Session(transport=self._transport)
+        connection = Connection(stream, self._dispatcher, self._max_line_bytes, session)
         self._connections.add(connection)
         try:
             await connection.serve()
