@@ -6,11 +6,13 @@ from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import attrs
+import trio
 from jsonrpcserver.result import Success
+from outcome import Outcome
 
 from zeusd.gpu.backend import NvmlCallError, NvmlDevice
 from zeusd.gpu.commands import GpuCommand, GpuTable
-from zeusd.gpu.lanes import GpuLanes
+from zeusd.gpu.lanes import GpuLanes, Job
 from zeusd.rpc.errors import DeviceError
 
 
@@ -36,21 +38,31 @@ class Context:
             (gpu.index, self.lanes.submit(gpu.index, _bind(command, self.devices[gpu.index])))
             for gpu in command.gpus
         ]
-        return _collect(command, jobs)
+        return _collect(self.lanes, command, jobs)
 
 
 def _bind(command: GpuCommand, device: NvmlDevice) -> Any:
     return lambda: command.run(device)
 
 
-async def _collect(command: GpuCommand, jobs: list[tuple[int, Any]]) -> Any:
+async def _collect(lanes: GpuLanes, command: GpuCommand, jobs: list[tuple[int, Job]]) -> Any:
+    outcomes: dict[int, Outcome[Any]] = {}
+
+    async def wait(gpu: int, job: Job) -> None:
+        outcomes[gpu] = await lanes.wait(gpu, job)
+
+    if len(jobs) == 1:
+        await wait(*jobs[0])
+    else:
+        # Waiting runs a lane when it is idle, so the GPUs must be waited on concurrently.
+        async with trio.open_nursery() as nursery:
+            for gpu, job in jobs:
+                nursery.start_soon(wait, gpu, job)
     values: dict[int, Any] = {}
     errors: dict[int, dict[str, str]] = {}
-    # Waiting in order is fine: the request completes only when every GPU is done anyway.
-    for gpu, job in jobs:
-        result = await job.wait()
+    for gpu, _ in jobs:
         try:
-            values[gpu] = result.unwrap()
+            values[gpu] = outcomes[gpu].unwrap()
         except NvmlCallError as exc:
             errors[gpu] = exc.detail()
     if errors:

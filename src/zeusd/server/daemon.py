@@ -94,7 +94,7 @@ class Server:
                     on_closed()
                     for connection in list(self._connections):
                         connection.drain()
-                # Every connection is gone; run what is still queued, then the lanes end.
+                # Every connection is gone, and with it every request still waiting on a lane.
                 self._lanes.close()
             root.cancel_scope.cancel()  # all finished in time: the watchdog is not needed
 
