@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import trio
 
-from zeusd.gpu.lanes import MAX_JOBS_PER_HOP, GpuLanes, LaneClosedError
+from zeusd.gpu.lanes import GpuLanes, LaneClosedError
 
 
 async def test_jobs_on_one_gpu_run_in_submission_order() -> None:
@@ -37,7 +37,7 @@ async def test_job_result_and_exception_are_captured() -> None:
 
 
 async def test_backlog_shares_thread_hops(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Jobs queued before a lane starts run in as few thread hops as the batch size allows."""
+    """A backlog of jobs runs in one thread hop, not one hop per job."""
     hops: list[int] = []
     real_run_sync = trio.to_thread.run_sync
 
@@ -56,7 +56,7 @@ async def test_backlog_shares_thread_hops(monkeypatch: pytest.MonkeyPatch) -> No
                 waiters.start_soon(lanes.wait, 0, job)
         lanes.close()
     assert ran == list(range(100))
-    assert len(hops) == -(-100 // MAX_JOBS_PER_HOP)
+    assert len(hops) == 1
 
 
 async def test_first_result_is_not_held_back_by_its_batch() -> None:

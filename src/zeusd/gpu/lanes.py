@@ -4,20 +4,18 @@
 just read, before any checkpoint, so jobs enter each lane in the order requests were read,
 across all connections.
 
-There is no task per lane, because waking one costs a scheduler round per call. Whoever
-awaits a job and finds its lane idle with that job at the head starts the lane:
-- alone in the queue (the common, latency-bound case), the job runs right there, in one
-  ``trio.to_thread.run_sync`` hop made by the waiting task itself;
-- behind it a backlog (the throughput-bound case), up to MAX_JOBS_PER_HOP queued jobs run in
-  order in one hop, made by a helper task, so they share one thread hop. Each outcome is
-  handed back the moment it is known (``TrioToken.run_sync_soon``): batching never holds a
-  reply back behind the jobs after it.
-All hops go through the daemon's one CapacityLimiter. A GPU whose driver call hangs ties up
-one worker thread and its own lane, and nothing else.
+A lane runs its jobs in a worker thread obtained with ``trio.to_thread.run_sync`` under the
+daemon's CapacityLimiter. Rather than one thread hop per call, the worker stays on the lane
+while work keeps coming: it takes jobs from a thread-safe queue in order, hands each outcome
+back the moment it is known (``TrioToken.run_sync_soon``), and returns its thread once the
+lane has been idle for LINGER_S, or at once when other lanes are waiting for a thread. A GPU
+whose driver call hangs ties up one worker thread and its own lane, and nothing else.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,8 +23,8 @@ from typing import Any
 import outcome
 import trio
 
-#: Jobs one thread hop may take from a backlog; bounds how long a runner keeps its thread.
-MAX_JOBS_PER_HOP = 64
+#: How long an idle worker waits for the lane's next job before giving its thread back.
+LINGER_S = 0.002
 
 
 class LaneClosedError(Exception):
@@ -41,83 +39,130 @@ class Job:
     def __init__(self, fn: Callable[[], Any]) -> None:
         self.fn = fn
         self.result: outcome.Outcome[Any] | None = None
-        # Set when the result is in, or when this job's owner must take over the lane.
+        # Set when the result is in, or when this job's owner must start a worker.
         self._wake = trio.Event()
 
     def finish(self, result: outcome.Outcome[Any]) -> None:
-        self.result = result
-        self._wake.set()
+        if self.result is None:  # an abandoned worker may report after the daemon gave up
+            self.result = result
+            self._wake.set()
+
+
+class _Demand:
+    """How many lanes wait for a worker thread; read by workers to know when to step aside.
+
+    Kept here rather than read from the CapacityLimiter, whose statistics are not safe to
+    take from another thread.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.waiting = 0
+
+    def ask(self) -> list[bool]:
+        """A lane asks for a thread; returns the ticket to pass to got() or gave_up()."""
+        with self._lock:
+            self.waiting += 1
+        return [False]
+
+    def got(self, ticket: list[bool]) -> None:
+        with self._lock:
+            if not ticket[0]:
+                ticket[0] = True
+                self.waiting -= 1
+
+    gave_up = got
 
 
 class GpuLane:
     """One GPU's FIFO of jobs; see the module docstring for who runs them."""
 
-    def __init__(self, limiter: trio.CapacityLimiter) -> None:
+    def __init__(self, limiter: trio.CapacityLimiter, demand: _Demand) -> None:
         self._limiter = limiter
-        self._queue: deque[Job] = deque()
-        self._running = False
+        self._demand = demand
+        self._inbox: queue.SimpleQueue[Job] = queue.SimpleQueue()
+        #: Jobs submitted and not finished, oldest first (trio side only).
+        self._pending: deque[Job] = deque()
+        self._worker = False
         self._closed = False
-        #: Where batch hops run; None (tests, before start): the waiting task runs them.
+        self._abandoned = False
+        #: Where worker tasks run (set by GpuLanes.run); None: the waiting task hosts one.
         self.nursery: trio.Nursery | None = None
 
     def submit(self, fn: Callable[[], Any]) -> Job:
         if self._closed:
             raise LaneClosedError("the daemon is shutting down")
         job = Job(fn)
-        self._queue.append(job)
+        self._pending.append(job)
+        self._inbox.put(job)
         return job
 
     def close(self) -> None:
         self._closed = True
 
+    def _finished(self, job: Job, result: outcome.Outcome[Any]) -> None:
+        job.finish(result)
+        if self._pending and self._pending[0] is job:
+            self._pending.popleft()
+
     async def wait(self, job: Job) -> outcome.Outcome[Any]:
-        """Return *job*'s outcome, running this lane's queue if nobody else is."""
+        """Return *job*'s outcome, starting the lane's worker if nobody has."""
         while job.result is None:
-            if not self._running and self._queue and self._queue[0] is job:
-                # _running is set before the first checkpoint, so no one else starts too.
-                self._running = True
-                count = min(len(self._queue), MAX_JOBS_PER_HOP)
-                batch = [self._queue.popleft() for _ in range(count)]
-                if count == 1 or self.nursery is None:
-                    await self._run(batch)
+            if not self._worker and self._pending and self._pending[0] is job:
+                # _worker is set before any checkpoint, so only one worker starts.
+                self._worker = True
+                if self.nursery is None:
+                    await self._work()
                     continue
-                self.nursery.start_soon(self._run, batch)
-            job._wake = trio.Event() if job._wake.is_set() else job._wake
-            if job.result is None:
-                await job._wake.wait()
+                # The worker lingers after this job; this task must not wait for that.
+                self.nursery.start_soon(self._work)
+            if job._wake.is_set():
+                job._wake = trio.Event()
+            await job._wake.wait()
         return job.result
 
-    async def _run(self, batch: list[Job]) -> None:
+    async def _work(self) -> None:
         token = trio.lowlevel.current_trio_token()
+        demand, inbox = self._demand, self._inbox
+        ticket = demand.ask()
 
-        def run_in_thread() -> None:
-            for job in batch:
-                token.run_sync_soon(job.finish, outcome.capture(job.fn))
+        def serve() -> None:
+            demand.got(ticket)
+            while not self._abandoned:
+                try:
+                    job = inbox.get(timeout=LINGER_S)
+                except queue.Empty:
+                    return
+                token.run_sync_soon(self._finished, job, outcome.capture(job.fn))
+                if demand.waiting:
+                    return  # another lane is waiting for a thread: take turns
 
         try:
             # abandon_on_cancel: at a forced shutdown, a call stuck in the driver must not
             # keep the daemon from exiting.
-            await trio.to_thread.run_sync(
-                run_in_thread, limiter=self._limiter, abandon_on_cancel=True
-            )
+            await trio.to_thread.run_sync(serve, limiter=self._limiter, abandon_on_cancel=True)
+        except trio.Cancelled:
+            self._abandoned = True
+            demand.gave_up(ticket)
+            for job in self._pending:
+                job.finish(outcome.Error(LaneClosedError("the daemon stopped")))
+            raise
         finally:
-            self._running = False
-            for job in batch:
-                if job.result is None:  # abandoned mid-batch at a forced shutdown
-                    job.finish(outcome.Error(LaneClosedError("the daemon stopped")))
-            if self._queue:
-                self._queue[0]._wake.set()  # its owner runs the next batch
+            self._worker = False
+        if self._pending:
+            self._pending[0]._wake.set()  # came in as the worker left: its owner takes over
 
 
 class GpuLanes:
     """One lane per GPU index, all sharing one CapacityLimiter."""
 
     def __init__(self, gpu_count: int, limiter: trio.CapacityLimiter) -> None:
-        self._lanes: Sequence[GpuLane] = [GpuLane(limiter) for _ in range(gpu_count)]
+        demand = _Demand()
+        self._lanes: Sequence[GpuLane] = [GpuLane(limiter, demand) for _ in range(gpu_count)]
         self._closed = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Host the batch hops until close(); then let the running ones finish."""
+        """Host the lanes' worker tasks until close(); then let the running ones finish."""
         async with trio.open_nursery() as nursery:
             for lane in self._lanes:
                 lane.nursery = nursery
