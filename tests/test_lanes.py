@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -114,3 +115,26 @@ async def test_forced_cancel_fails_the_batch_instead_of_hanging() -> None:
     with pytest.raises(LaneClosedError):
         stuck.result.unwrap()
     release.set()
+
+
+async def test_busy_lane_takes_turns_with_a_waiting_one() -> None:
+    """With one thread for two lanes, a long backlog on GPU 0 does not starve GPU 1."""
+    lanes = GpuLanes(2, trio.CapacityLimiter(1))
+    order: list[str] = []
+
+    def slow(n: int) -> None:
+        time.sleep(0.0005)
+        order.append(f"gpu0-{n}")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lanes.run)
+        backlog = [lanes.submit(0, lambda n=n: slow(n)) for n in range(200)]
+        async with trio.open_nursery() as waiters:
+            for job in backlog:
+                waiters.start_soon(lanes.wait, 0, job)
+            await trio.sleep(0.01)  # GPU 0's worker is now busy with its backlog
+            other = lanes.submit(1, lambda: order.append("gpu1"))
+            await lanes.wait(1, other)
+        lanes.close()
+    assert order.index("gpu1") < 150
+    assert [o for o in order if o != "gpu1"] == [f"gpu0-{n}" for n in range(200)]

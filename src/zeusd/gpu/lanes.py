@@ -8,14 +8,17 @@ A lane runs its jobs in a worker thread obtained with ``trio.to_thread.run_sync`
 daemon's CapacityLimiter. Rather than one thread hop per call, the worker stays on the lane
 while work keeps coming: it takes jobs from a thread-safe queue in order, hands each outcome
 back the moment it is known (``TrioToken.run_sync_soon``), and returns its thread once the
-lane has been idle for LINGER_S, or at once when other lanes are waiting for a thread. A GPU
+lane has been idle for LINGER_S, or after a SLICE_S turn when other lanes are waiting for a
+thread. A GPU
 whose driver call hangs ties up one worker thread and its own lane, and nothing else.
 """
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,6 +28,8 @@ import trio
 
 #: How long an idle worker waits for the lane's next job before giving its thread back.
 LINGER_S = 0.002
+#: How long a busy worker keeps its thread once another lane is waiting for one.
+SLICE_S = 0.001
 
 
 class LaneClosedError(Exception):
@@ -128,6 +133,7 @@ class GpuLane:
 
         def serve() -> None:
             demand.got(ticket)
+            turn_ends = math.inf
             while not self._abandoned:
                 try:
                     job = inbox.get(timeout=LINGER_S)
@@ -135,7 +141,12 @@ class GpuLane:
                     return
                 token.run_sync_soon(self._finished, job, outcome.capture(job.fn))
                 if demand.waiting:
-                    return  # another lane is waiting for a thread: take turns
+                    # Another lane waits for a thread: take turns, but in slices, so a
+                    # backlog still shares hops instead of paying one per call.
+                    now = time.monotonic()
+                    turn_ends = min(turn_ends, now + SLICE_S)
+                    if now >= turn_ends:
+                        return
 
         try:
             # abandon_on_cancel: at a forced shutdown, a call stuck in the driver must not
