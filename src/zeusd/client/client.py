@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from zeusd.client.errors import MethodNotFoundError, ZeusdConnectionError, rpc_error
-from zeusd.client.transport import Address, ConnectionClosed, LineConnection, env_address
+from zeusd.client.transport import (
+    DEFAULT_SOCKET_PATH,
+    Address,
+    ConnectionClosed,
+    LineConnection,
+    env_address,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +82,9 @@ def _by_id(result: Mapping[str, Any], key: str) -> dict[int, Any]:
 class ZeusdClient:
     """One connection to zeusd, opened on first use and shared by every thread.
 
+    *address* is an ``Address`` or a Unix socket path (default ``/var/run/zeusd.sock``);
+    ``from_env()`` reads the address and token from the environment instead.
+
     Calls are serialized on the connection (one request in flight at a time). A read that
     finds the connection broken reconnects and is sent once more; a write is never re-sent,
     because the daemon may have applied it before the connection broke.
@@ -89,7 +98,7 @@ class ZeusdClient:
         timeout: float | None = DEFAULT_TIMEOUT_S,
     ) -> None:
         if address is None:
-            address = Address.unix(os.environ.get("ZEUSD_SOCK_PATH") or "/var/run/zeusd.sock")
+            address = Address.unix(DEFAULT_SOCKET_PATH)
         elif isinstance(address, str):
             address = Address.unix(address)
         self.address = address
