@@ -13,6 +13,7 @@ import pytest
 from process_helpers import DaemonProcess, running_daemon, short_tempdir, write_sim_config
 from zeusd.client import (
     Address,
+    AuthenticationRequiredError,
     DeviceError,
     InvalidParamsError,
     MethodNotFoundError,
@@ -242,5 +243,56 @@ def test_silent_peer_times_out() -> None:
     try:
         with ZeusdClient(peer.path, timeout=0.3) as c, pytest.raises(ZeusdTimeoutError):
             c.time_ms()
+    finally:
+        peer.close()
+
+
+def _answering_peer(answers: dict[str, dict[str, object]]) -> ScriptedPeer:
+    """A peer answering each method with the given reply member (``result`` or ``error``)."""
+
+    def script(conn: socket.socket, received: list[dict[str, object]]) -> None:
+        reader = conn.makefile("rb")
+        for line in reader:
+            request = json.loads(line)
+            received.append(request)
+            reply = {"jsonrpc": "2.0", "id": request["id"], **answers[str(request["method"])]}
+            conn.sendall(json.dumps(reply).encode() + b"\n")
+        reader.close()
+
+    return ScriptedPeer(script)
+
+
+def test_token_is_sent_first_on_each_connection() -> None:
+    """With a token, session.authenticate precedes the first request of a connection."""
+    peer = _answering_peer(
+        {
+            "session.authenticate": {
+                "result": {"subject": "alice", "scopes": [], "expires_at": None}
+            },
+            "time": {"result": {"timestamp_ms": 5}},
+        }
+    )
+    try:
+        with ZeusdClient(peer.path, token="s3cret") as c:
+            assert c.time_ms() == 5
+            assert c.time_ms() == 5
+        assert [(m["method"], m.get("params")) for m in peer.received] == [
+            ("session.authenticate", {"token": "s3cret"}),
+            ("time", None),
+            ("time", None),
+        ]
+    finally:
+        peer.close()
+
+
+def test_rejected_token_raises_authentication_error() -> None:
+    """A -32005 answer to session.authenticate is raised, and nothing else is sent."""
+    peer = _answering_peer(
+        {"session.authenticate": {"error": {"code": -32005, "message": "Authentication required"}}}
+    )
+    try:
+        with ZeusdClient(peer.path, token="bad") as c, pytest.raises(AuthenticationRequiredError):
+            c.time_ms()
+        assert [m["method"] for m in peer.received] == ["session.authenticate"]
     finally:
         peer.close()
