@@ -140,6 +140,7 @@ def test_usage_and_connection_errors_exit_2() -> None:
     assert zeusctl().returncode == 2
     assert zeusctl("time", "oops").returncode == 2
     assert zeusctl("--tcp", "nope", "time").returncode == 2
+    assert zeusctl("--timeout", "0", "time").returncode == 2
     both = zeusctl("--tcp", "127.0.0.1:1", "--socket-path", "/x", "time")
     assert both.returncode == 2
     missing = os.path.join(short_tempdir(), "none.sock")

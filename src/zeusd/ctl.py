@@ -47,6 +47,16 @@ def parse_params(items: Sequence[str]) -> dict[str, Any]:
     return params
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds (got {text!r})") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 (got {text})")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zeusctl",
@@ -58,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--socket-path", help="Unix socket (default: $ZEUSD_SOCK_PATH)")
     where.add_argument("--tcp", metavar="HOST:PORT", help="TCP address ($ZEUSD_HOST_PORT)")
     parser.add_argument("--token", help="session token (default: $ZEUSD_TOKEN)")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (30)")
+    parser.add_argument("--timeout", type=_seconds, default=30.0, help="seconds to wait (30)")
     parser.add_argument(
         "--notify", action="store_true", help="send as a notification: no reply, no error"
     )
