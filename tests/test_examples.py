@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,6 +57,74 @@ def test_plain_python_example(daemon: DaemonProcess) -> None:
     assert "4 GPUs" in out
     assert "'power_limit_mw': 250000" in out
     assert "refused as expected: gpu.set_power_limit: Invalid params (-32602)" in out
+
+
+def test_nc_example(daemon: DaemonProcess) -> None:
+    """examples/nc.sh gets all five replies (in completion order), the refusal included."""
+    out = subprocess.run(
+        [str(ROOT / "examples" / "nc.sh"), daemon.socket_path or ""],
+        capture_output=True,
+        check=True,
+        timeout=20,
+    ).stdout
+    replies = {r["id"]: r for r in map(json.loads, out.splitlines())}
+    assert sorted(replies) == [1, 2, 3, 4, 5]
+    assert replies[1]["result"]["0"]["max_power_limit_mw"] == 700_000
+    assert replies[3]["result"] == {"0": {"power_limit_mw": 275_000}}
+    assert replies[4]["error"]["code"] == -32602
+    assert replies[5]["result"] == {"applied": [0]}
+
+
+def test_node_example(daemon: DaemonProcess) -> None:
+    """examples/node_client.js (Node.js standard library only) runs end to end."""
+    node = shutil.which("node")
+    assert node, "node is missing: scripts/test installs it (Debian package nodejs)"
+    out = subprocess.run(
+        [node, str(ROOT / "examples" / "node_client.js"), daemon.socket_path or ""],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=20,
+    ).stdout
+    assert out.startswith("4 GPUs: NVIDIA H100")
+    assert 'GPU 0 after: {"0":{"power_limit_mw":260000}}' in out
+    assert "refused as expected: gpu.set_power_limit: Invalid params (-32602)" in out
+    assert 'GPU 0 reset: {"0":{"power_limit_mw":700000}}' in out
+
+
+def test_client_example(daemon: DaemonProcess) -> None:
+    """examples/zeusd_client.py (the Python client) runs end to end via ZEUSD_SOCK_PATH."""
+    env = {**os.environ, "ZEUSD_SOCK_PATH": daemon.socket_path or ""}
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "zeusd_client.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=20,
+        env=env,
+    ).stdout
+    assert "GPU 0 limit now: 250000" in out
+    assert "refused (-32602)" in out
+    assert "GPU 0 limit reset: 700000" in out
+
+
+def test_zeus_monitor_example(daemon: DaemonProcess) -> None:
+    """examples/zeus_monitor.py measures energy and sets a limit through Zeus and zeusd."""
+    pytest.importorskip("zeus", reason="the zeus extra is not installed")
+    env = {**os.environ, "ZEUSD_SOCK_PATH": daemon.socket_path or ""}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "zeus_monitor.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env=env,
+    ).stdout
+    energy = ast.literal_eval(out.splitlines()[0].split("per GPU:", 1)[1].strip())
+    assert sorted(energy) == [0, 1, 2, 3]
+    assert all(joules > 0 for joules in energy.values()), energy
+    assert "GPU 0 power limit (mW): 300000" in out
 
 
 def test_example_sim_config_starts_the_described_gpus() -> None:

@@ -79,7 +79,14 @@ async def serve(
     )
     dispatcher = Dispatcher(build_methods(), context)
     on_closed: Callable[[], None] = _nothing
-    if config.mode == "uds":
+    mode = config.mode
+    inherited = listeners.inherited_listener()
+    if inherited is not None:
+        # Socket activation: systemd owns the socket (and its file); never remove it.
+        listener = inherited
+        mode = listeners.transport_of(listener)
+        log.info("using the socket passed by systemd; --mode and address flags are ignored")
+    elif config.mode == "uds":
         listener, socket_file = await listeners.open_unix_listener(
             config.socket_path, config.socket_permissions, config.socket_uid, config.socket_gid
         )
@@ -87,7 +94,7 @@ async def serve(
     else:
         listener = await listeners.open_tcp_listener(config.tcp_host, config.tcp_port)
     address = listeners.describe(listener)
-    server = Server(dispatcher, lanes, config.max_line_bytes, config.mode)
+    server = Server(dispatcher, lanes, config.max_line_bytes, mode)
     try:
         async with trio.open_nursery() as nursery:
             if handle_signals:

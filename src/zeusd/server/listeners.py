@@ -122,6 +122,45 @@ async def open_tcp_listener(host: str, port: int) -> trio.SocketListener:
     return listeners[0]
 
 
+#: The first file descriptor systemd passes (sd_listen_fds(3)).
+LISTEN_FDS_START = 3
+_LISTEN_VARS = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
+
+
+def inherited_listener() -> trio.SocketListener | None:
+    """The listening socket systemd passed us (socket activation), or None if there is none.
+
+    Follows sd_listen_fds(3): the socket is fd 3 when ``LISTEN_PID`` is our pid. The
+    variables are removed so that no child process takes the socket for its own.
+    """
+    count = os.environ.get("LISTEN_FDS")
+    pid = os.environ.get("LISTEN_PID")
+    if count is None or pid is None or pid != str(os.getpid()):
+        return None  # nothing passed, or passed to another process (our parent)
+    for name in _LISTEN_VARS:
+        os.environ.pop(name, None)
+    if count != "1":
+        raise StartupError(
+            f"systemd passed LISTEN_FDS={count} sockets; zeusd serves exactly one "
+            "(give the .socket unit a single ListenStream=)"
+        )
+    try:
+        os.set_inheritable(LISTEN_FDS_START, False)
+        sock = stdlib_socket.socket(fileno=LISTEN_FDS_START)
+    except OSError as exc:
+        raise StartupError(f"LISTEN_FDS=1 but fd 3 is not a socket: {exc.strerror}") from exc
+    listening = sock.getsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_ACCEPTCONN)
+    if sock.type != stdlib_socket.SOCK_STREAM or not listening:
+        sock.detach()  # not ours to close
+        raise StartupError("the socket systemd passed is not a listening stream socket")
+    return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+
+
+def transport_of(listener: trio.SocketListener) -> str:
+    """``uds`` or ``tcp``, as sessions report it."""
+    return "uds" if listener.socket.family == stdlib_socket.AF_UNIX else "tcp"
+
+
 def describe(listener: trio.SocketListener) -> str:
     """The address clients connect to, for the ``listening on`` log line."""
     sock = listener.socket
