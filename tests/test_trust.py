@@ -475,4 +475,7 @@ async def test_every_write_is_audited_once(
     assert device_error["duration_ms"] >= 0
     assert refused["status"] == "refused"
     assert refused["code"] == -32602
-    assert all(r["status"] == "ok" for r in records[2:])
+    assert [(r["status"], r["gpus"]) for r in sorted(records[2:], key=lambda r: r["method"])] == [
+        ("ok", {"2": "ok"}),
+        ("ok", {"0": "ok"}),
+    ]

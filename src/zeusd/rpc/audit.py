@@ -23,7 +23,8 @@ log = logging.getLogger("zeusd.audit")
 def outcome_of(result: Result) -> dict[str, Any]:
     """``{"status": ..., "gpus": {"<id>": "ok" | error}}`` from a write's Result."""
     if not isinstance(result, Left):
-        applied = result._value.get("applied", []) if isinstance(result._value, dict) else []
+        value = getattr(result._value, "result", None)  # a Right holding a SuccessResult
+        applied = value.get("applied", []) if isinstance(value, dict) else []
         return {"status": "ok", "gpus": {str(gpu): "ok" for gpu in applied}}
     err = result._error
     data = err.data if isinstance(err.data, dict) else {}
