@@ -90,6 +90,8 @@ def rpc_objects(draw: st.DrawFn) -> Any:
     return obj
 
 
+#: Who sends it: an unauthenticated TCP client (None), root, an allowed writer, a reader.
+callers = st.sampled_from([None, 0, 4242, 1000])
 rpc_messages = rpc_objects() | st.lists(rpc_objects() | json_scalars, max_size=5)
 
 
@@ -103,7 +105,7 @@ def _dump(value: Any) -> bytes:
 _backend = NvmlBackend.open(SimNvml(default_sim_gpus(4)), name="sim")
 
 
-async def _serve_bytes(data: bytes, token_transports: frozenset[str]) -> list[bytes]:
+async def _serve_bytes(data: bytes, token_transports: frozenset[str], uid: int) -> list[bytes]:
     lanes = GpuLanes(len(_backend.devices), trio.CapacityLimiter(4))
     context = Context(
         version="fuzz",
@@ -117,7 +119,10 @@ async def _serve_bytes(data: bytes, token_transports: frozenset[str]) -> list[by
         control_uids=frozenset({4242}),
     )
     dispatcher = Dispatcher(METHODS, context, max_batch=4)
-    session = Session(transport="tcp" if token_transports else "uds", uid=1000, gid=1000)
+    if token_transports:
+        session = Session(transport="tcp")
+    else:  # root, a user allowed to write, or one who may only read
+        session = Session(transport="uds", pid=1, uid=uid, gid=uid, groups=(uid,))
     out: list[bytes] = []
     buffer = LineBuffer(MAX_LINE_BYTES)
     async with trio.open_nursery() as nursery:
@@ -135,8 +140,10 @@ async def _serve_bytes(data: bytes, token_transports: frozenset[str]) -> list[by
     return out
 
 
-def _check_in_process(data: bytes, locked: bool) -> None:
-    replies = trio.run(_serve_bytes, data, frozenset({"tcp"}) if locked else frozenset())
+def _check_in_process(data: bytes, who: int | None) -> None:
+    """*who*: None for a TCP connection that must authenticate, else the peer's uid."""
+    locked = frozenset({"tcp"}) if who is None else frozenset()
+    replies = trio.run(_serve_bytes, data, locked, who or 0)
     assert replies, "the good request was not answered"
     for reply in replies:
         assert reply.endswith(b"\n")
@@ -147,24 +154,24 @@ def _check_in_process(data: bytes, locked: bool) -> None:
 
 
 @settings(max_examples=IN_PROCESS_CASES, **_FUZZ)
-@given(data=st.binary(max_size=600), locked=st.booleans())
-def test_random_bytes(data: bytes, locked: bool) -> None:
+@given(data=st.binary(max_size=600), who=callers)
+def test_random_bytes(data: bytes, who: int | None) -> None:
     """Arbitrary bytes, line breaks included, only ever get valid JSON-RPC replies."""
-    _check_in_process(data, locked)
+    _check_in_process(data, who)
 
 
 @settings(max_examples=IN_PROCESS_CASES, **_FUZZ)
-@given(value=json_values, locked=st.booleans())
-def test_random_json(value: Any, locked: bool) -> None:
+@given(value=json_values, who=callers)
+def test_random_json(value: Any, who: int | None) -> None:
     """Any JSON text (and NaN/Infinity) is answered with valid JSON-RPC."""
-    _check_in_process(_dump(value) + b"\n", locked)
+    _check_in_process(_dump(value) + b"\n", who)
 
 
 @settings(max_examples=IN_PROCESS_CASES, **_FUZZ)
-@given(messages=st.lists(rpc_messages, min_size=1, max_size=3), locked=st.booleans())
-def test_random_jsonrpc_shapes(messages: list[Any], locked: bool) -> None:
+@given(messages=st.lists(rpc_messages, min_size=1, max_size=3), who=callers)
+def test_random_jsonrpc_shapes(messages: list[Any], who: int | None) -> None:
     """Near-miss requests and batches to real methods with odd params answer validly."""
-    _check_in_process(b"\n".join(_dump(m) for m in messages) + b"\n", locked)
+    _check_in_process(b"\n".join(_dump(m) for m in messages) + b"\n", who)
 
 
 # --- the real process -------------------------------------------------------------------
