@@ -263,6 +263,19 @@ async def test_trickling_client_is_cut_off(opened: Opened) -> None:
         inner.cancel_scope.cancel()
 
 
+async def test_steady_stream_split_mid_line_is_kept(opened: Opened) -> None:
+    """Reads that always end mid-line do not add up to one line's deadline."""
+    daemon = await opened.daemon(1, client_timeout=0.5)
+    client = await opened.connect(daemon)
+    stream = b"".join(b'{"jsonrpc": "2.0", "method": "time", "id": %d}\n' % i for i in range(40))
+    step = 47  # not a line length: every chunk ends inside a line
+    for start in range(0, len(stream), step):
+        await client.send_raw(stream[start : start + step])
+        await trio.sleep(0.05)  # 40 lines over about 2 s, four times the timeout
+    ids = {(await client.read(timeout=10))["id"] for _ in range(40)}
+    assert ids == set(range(40))
+
+
 async def test_idle_connection_is_kept(opened: Opened) -> None:
     """A connection with no partial line is not closed for being quiet."""
     daemon = await opened.daemon(1, client_timeout=0.2)

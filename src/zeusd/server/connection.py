@@ -100,15 +100,18 @@ class Connection:
                 if last is not None:
                     await self._handle(last, in_flight)
                 return True
-            for line in self._buffer.feed(data):
+            lines = self._buffer.feed(data)
+            for line in lines:
                 await self._handle(line, in_flight)
             if self._buffer.overflowed:
                 # The contract: answer at once, without waiting for "\n", then hang up.
                 await self._send(parse_error(f"line longer than {self._buffer.limit} bytes"))
                 return False
+            # The clock starts when a line starts: a steady stream of lines whose reads
+            # happen to end mid-line never runs out of time.
             if not self._buffer.pending_bytes:
                 line_deadline = math.inf
-            elif line_deadline == math.inf:
+            elif lines or line_deadline == math.inf:
                 line_deadline = trio.current_time() + self._client_timeout
         return True
 
