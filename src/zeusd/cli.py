@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="zeusd",
         description="Serve privileged NVML GPU energy controls to unprivileged clients over "
         "line-delimited JSON-RPC 2.0.",
+        epilog="To make a session token for TCP clients: zeusd token issue --help",
     )
     parser.add_argument("-V", "--version", action="version", version=f"zeusd {__version__}")
     parser.add_argument("--mode", choices=("uds", "tcp"), default="uds", help="transport (uds)")
