@@ -16,6 +16,7 @@ import pytest
 from process_helpers import (
     NOBODY,
     SOCAT,
+    LineConnection,
     error_of,
     lines,
     parse_output,
@@ -237,3 +238,49 @@ def test_json_log_with_audit_record(tmp_dir: str) -> None:
     assert audit["gpus"] == {"0": "ok"}
     assert audit["status"] == "ok"
     assert audit["duration_ms"] >= 0
+
+
+# --- limits -----------------------------------------------------------------------------
+
+
+def _closed_without_reply(conn: LineConnection) -> bool:
+    try:
+        return conn.read_line() == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_connection_limit_deadline_and_batch_cap(tmp_dir: str) -> None:
+    """--max-connections refuses the extra one; a stalled line frees its slot; big batches fail."""
+    path = _sock(tmp_dir)
+    args = ("--max-connections", "2", "--client-timeout", "1", "--max-batch", "2")
+    with running_daemon(*args, socket_path=path) as daemon:
+        with daemon.connect() as first, daemon.connect() as second:
+            assert result_of(first.call("time"))
+            assert result_of(second.call("time"))
+            with daemon.connect() as third:
+                third.send(request("time", 1))
+                assert _closed_without_reply(third)
+            error = error_of(_batch(second, 3), -32600)
+            assert "at most 2" in error["data"]
+            first.send_raw(b'{"jsonrpc": "2.0", "method": "ti')
+            stalled = first.read()  # within the 5 s socket timeout, after about 1 s
+            assert "not finished within 1 s" in error_of(stalled, -32700)["data"]
+            assert _closed_without_reply(first)
+            # The stalled client's slot is free again.
+            deadline = time.monotonic() + 10
+            while True:
+                with daemon.connect() as fourth:
+                    fourth.send(request("time", 4))
+                    line = fourth.read_line()
+                if line or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert line
+        assert "line not finished" in daemon.log
+        assert "refusing a connection" in daemon.log
+
+
+def _batch(conn: LineConnection, size: int) -> Any:
+    conn.send_raw(json.dumps([request("time", i) for i in range(size)]).encode() + b"\n")
+    return conn.read()
