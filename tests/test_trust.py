@@ -492,3 +492,16 @@ async def test_every_write_is_audited_once(
         ("ok", {"2": "ok"}),
         ("ok", {"0": "ok"}),
     ]
+
+
+async def test_audit_cuts_huge_params_short(
+    daemon: SimDaemon, client: LineClient, caplog: Any
+) -> None:
+    """A write with enormous params cannot put them whole into the audit log."""
+    caplog.set_level(logging.INFO, logger="zeusd.audit")
+    huge = {"gpu_ids": [0], "power_limit_mw": 300_000, "junk": "x" * 100_000}
+    assert _code(await client.call("gpu.set_power_limit", huge)) == -32602
+    (record,) = _audits(caplog)
+    assert record["params"]["length"] > 100_000
+    assert len(record["params"]["truncated"]) == 1000
+    assert len(caplog.text) < 10_000

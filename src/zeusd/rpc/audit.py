@@ -19,6 +19,20 @@ from zeusd.rpc.session import Session
 
 log = logging.getLogger("zeusd.audit")
 
+#: Params longer than this (as JSON) are logged cut short: a client must not be able to
+#: write a megabyte into the audit log with every refused request.
+MAX_PARAMS_CHARS = 1000
+
+
+def _loggable(params: Any) -> Any:
+    try:
+        text = json.dumps(params, separators=(",", ":"))
+    except (TypeError, ValueError):
+        text = repr(params)
+    if len(text) <= MAX_PARAMS_CHARS:
+        return params
+    return {"truncated": text[:MAX_PARAMS_CHARS], "length": len(text)}
+
 
 def outcome_of(result: Result) -> dict[str, Any]:
     """``{"status": ..., "gpus": {"<id>": "ok" | error}}`` from a write's Result."""
@@ -32,7 +46,8 @@ def outcome_of(result: Result) -> dict[str, Any]:
         gpus: dict[str, Any] = {str(gpu): "ok" for gpu in data["succeeded"]}
         gpus.update(data.get("errors", {}))
         return {"status": "device error", "gpus": gpus}
-    return {"status": "refused", "code": err.code, "reason": data.get("reason", err.message)}
+    reason = data.get("reason", err.message)
+    return {"status": "refused", "code": err.code, "reason": str(reason)[:MAX_PARAMS_CHARS]}
 
 
 def record_write(
@@ -42,7 +57,7 @@ def record_write(
     fields = {
         **session.identity(),
         "method": method,
-        "params": params,
+        "params": _loggable(params),
         **outcome,
         "duration_ms": round(seconds * 1000, 3),
     }
