@@ -177,9 +177,9 @@ async def test_token_expiring_mid_session_locks_it(opened: Opened) -> None:
     """Once the token expires, the session answers -32005 again."""
     daemon = await opened.tcp_daemon(token_key=KEY)
     client = await opened.connect(daemon)
-    token = tokens.issue(KEY, "short", ["gpu-read"], 3600, now=time.time() - 3600 + 1)
+    token = tokens.issue(KEY, "short", ["gpu-read"], 3600, now=time.time() - 3600 + 2)
     await client.result("session.authenticate", {"token": token})
-    await trio.sleep(1.5)
+    await trio.sleep(2.5)
     response = await client.call("gpu.get_power")
     assert _code(response) == -32005
     assert "expired" in response["error"]["data"]["reason"]
@@ -265,15 +265,15 @@ async def test_trickling_client_is_cut_off(opened: Opened) -> None:
 
 async def test_steady_stream_split_mid_line_is_kept(opened: Opened) -> None:
     """Reads that always end mid-line do not add up to one line's deadline."""
-    daemon = await opened.daemon(1, client_timeout=0.5)
+    daemon = await opened.daemon(1, client_timeout=1.0)
     client = await opened.connect(daemon)
-    stream = b"".join(b'{"jsonrpc": "2.0", "method": "time", "id": %d}\n' % i for i in range(40))
+    stream = b"".join(b'{"jsonrpc": "2.0", "method": "time", "id": %d}\n' % i for i in range(80))
     step = 47  # not a line length: every chunk ends inside a line
     for start in range(0, len(stream), step):
         await client.send_raw(stream[start : start + step])
-        await trio.sleep(0.05)  # 40 lines over about 2 s, four times the timeout
-    ids = {(await client.read(timeout=10))["id"] for _ in range(40)}
-    assert ids == set(range(40))
+        await trio.sleep(0.05)  # 80 lines over about 4 s, four times the timeout
+    ids = {(await client.read(timeout=10))["id"] for _ in range(80)}
+    assert ids == set(range(80))
 
 
 async def test_idle_connection_is_kept(opened: Opened) -> None:
