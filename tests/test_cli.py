@@ -103,3 +103,73 @@ def test_nvml_backend_needs_root() -> None:
 def test_allowed_privilege_combinations(config: Config, euid: int) -> None:
     """Root, an explicit opt-in, or the sim backend may start."""
     assert privilege_problem(config, euid) is None
+
+
+def test_trust_defaults() -> None:
+    """Limits default to the contract's 1024 / 64 / 256; nothing is restricted by default."""
+    config = parse_config([])
+    assert (config.max_connections, config.max_in_flight, config.max_batch) == (1024, 64, 256)
+    assert config.control_uids == config.control_gids == frozenset()
+    assert config.token_key_file is None
+    assert not config.restore_on_exit
+    assert config.log_format == "text"
+    assert config.client_timeout == 30.0
+
+
+def test_trust_flags_are_parsed() -> None:
+    """Every trust flag lands in the Config."""
+    config = parse_config(
+        [
+            "--control-uids=1000,1001",
+            "--control-gids=50",
+            "--token-key=/etc/zeusd/key",
+            "--restore-on-exit",
+            "--max-connections=8",
+            "--max-in-flight=4",
+            "--max-batch=16",
+            "--log-format=json",
+            "--client-timeout=2.5",
+        ]
+    )
+    assert config.control_uids == frozenset({1000, 1001})
+    assert config.control_gids == frozenset({50})
+    assert config.token_key_file == "/etc/zeusd/key"
+    assert config.restore_on_exit
+    assert (config.max_connections, config.max_in_flight, config.max_batch) == (8, 4, 16)
+    assert config.log_format == "json"
+    assert config.client_timeout == 2.5
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--control-uids=alice"], "numeric id"),
+        (["--control-uids=,"], "comma list"),
+        (["--max-batch=0"], "must be >= 1"),
+        (["--client-timeout=0"], "positive number of seconds"),
+        (["--client-timeout=inf"], "positive number of seconds"),
+        (["--allow-insecure-tcp"], "needs --mode tcp"),
+        (["--mode=tcp", "--tcp-bind-address=0.0.0.0:1"], "--allow-insecure-tcp"),
+        (["--mode=tcp", "--tcp-bind-address=node7:1"], "--token-key FILE"),
+    ],
+)
+def test_bad_trust_flags_are_usage_errors(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bad trust flags exit 2 with a message naming the problem."""
+    with pytest.raises(SystemExit) as exc:
+        parse_config(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "127.8.0.1:1", "[::1]:1", "localhost:1"])
+def test_loopback_tcp_needs_no_token(address: str) -> None:
+    """Loopback binds need neither --token-key nor --allow-insecure-tcp."""
+    assert parse_config(["--mode=tcp", f"--tcp-bind-address={address}"]).mode == "tcp"
+
+
+def test_non_loopback_tcp_with_token_key_is_allowed() -> None:
+    """A public bind is fine once tokens are required."""
+    config = parse_config(["--mode=tcp", "--tcp-bind-address=0.0.0.0:1", "--token-key=k"])
+    assert config.tcp_host == "0.0.0.0"

@@ -10,7 +10,13 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from process_helpers import DaemonProcess, running_daemon, short_tempdir, write_sim_config
+from process_helpers import (
+    DaemonProcess,
+    run_zeusd,
+    running_daemon,
+    short_tempdir,
+    write_sim_config,
+)
 from zeusd.client import (
     Address,
     AuthenticationRequiredError,
@@ -111,12 +117,35 @@ def test_from_env_unix_and_tcp() -> None:
     assert ZeusdClient.from_env(environ={}).address == Address.unix("/var/run/zeusd.sock")
 
 
-def test_token_against_daemon_without_sessions(daemon: DaemonProcess) -> None:
-    """ZEUSD_TOKEN is sent with session.authenticate; a daemon lacking it (-32601) still serves."""
+def test_token_against_daemon_without_token_key(daemon: DaemonProcess) -> None:
+    """A token sent to a daemon that cannot check tokens is a clear -32005, not ignored."""
     env = {"ZEUSD_SOCK_PATH": daemon.socket_path or "", "ZEUSD_TOKEN": "t0ken"}
-    with ZeusdClient.from_env(environ=env) as c:
-        assert c.token == "t0ken"
-        assert c.get_power_limit([0]) == {0: 700_000}
+    with pytest.raises(AuthenticationRequiredError) as info, ZeusdClient.from_env(environ=env) as c:
+        c.get_power_limit([0])
+    assert "--token-key" in info.value.data["reason"]
+
+
+def test_token_from_env_authenticates_over_tcp() -> None:
+    """ZEUSD_HOST_PORT + ZEUSD_TOKEN from 'zeusd token issue' unlock a token-locked TCP daemon."""
+    directory = short_tempdir()
+    key = os.path.join(directory, "token.key")
+    with open(key, "wb") as f:
+        f.write(os.urandom(32))
+    os.chmod(key, 0o600)
+    issued = run_zeusd(
+        "token", "issue", "--token-key", key, "--subject", "client-test",
+        "--scopes", "gpu-read", "--expires", "1h",
+    )  # fmt: skip
+    assert issued.returncode == 0, issued.stderr
+    args = ("--mode", "tcp", "--tcp-bind-address", "127.0.0.1:0", "--token-key", key)
+    with running_daemon(*args) as daemon:
+        env = {
+            "ZEUSD_HOST_PORT": f"127.0.0.1:{daemon.tcp_port}",
+            "ZEUSD_TOKEN": issued.stdout.strip(),
+        }
+        with ZeusdClient.from_env(environ=env) as c:
+            assert c.get_power_limit([0]) == {0: 700_000}
+            assert c.call("session.whoami")["subject"] == "client-test"
 
 
 def test_shared_between_threads(client: ZeusdClient) -> None:

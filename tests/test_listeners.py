@@ -146,3 +146,47 @@ def test_parse_host_port_rejects(text: str) -> None:
     """Malformed addresses are refused with a message."""
     with pytest.raises(ValueError, match=r"HOST:PORT|port"):
         parse_host_port(text)
+
+
+async def test_mode_comes_from_creation_not_a_later_chmod(
+    sock_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No chmod runs after bind, so the file never exists with a wider mode than asked."""
+    modes_at_bind: list[int] = []
+    probe = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    socket_class = type(probe)
+    probe.close()
+    real_bind = socket_class.bind
+
+    async def spying_bind(self: trio.socket.SocketType, address: str) -> None:
+        await real_bind(self, address)
+        modes_at_bind.append(stat.S_IMODE(os.lstat(address).st_mode))
+
+    def no_chmod(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the socket mode must not be changed after creation")
+
+    monkeypatch.setattr(socket_class, "bind", spying_bind)
+    for name in ("chmod", "fchmod", "lchmod"):
+        monkeypatch.setattr(os, name, no_chmod, raising=False)
+    path = os.path.join(sock_dir, "z.sock")
+    listener, created = await open_unix_listener(path, 0o600)
+    assert modes_at_bind == [0o600]
+    await listener.aclose()
+    created.remove()
+
+
+async def test_owner_is_never_changed_through_a_symlink(
+    sock_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--socket-uid/--socket-gid change the socket itself, never a link's target."""
+    calls: list[dict[str, object]] = []
+
+    def recording_chown(path: str, uid: int, gid: int, **kwargs: object) -> None:
+        calls.append({"path": path, "uid": uid, "gid": gid, **kwargs})
+
+    monkeypatch.setattr(os, "chown", recording_chown)
+    path = os.path.join(sock_dir, "z.sock")
+    listener, created = await open_unix_listener(path, 0o660, uid=123, gid=456)
+    assert calls == [{"path": path, "uid": 123, "gid": 456, "follow_symlinks": False}]
+    await listener.aclose()
+    created.remove()

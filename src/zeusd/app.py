@@ -17,6 +17,7 @@ from zeusd.gpu.lanes import GpuLanes
 from zeusd.rpc.context import Context
 from zeusd.rpc.dispatch import Dispatcher
 from zeusd.rpc.methods import API_GROUPS, build_methods
+from zeusd.rpc.session import Session
 from zeusd.server import listeners
 from zeusd.server.daemon import Server, stop_on_signals
 from zeusd.server.listeners import StartupError
@@ -52,6 +53,21 @@ def _nothing() -> None:
     pass
 
 
+def _session_closed(context: Context, session: Session) -> None:
+    if session.restore_on_close:
+        context.ledger.restore_session(
+            session.id, session.describe(), context.lanes, context.devices
+        )
+    else:
+        context.ledger.forget(session.id)
+
+
+def _restore_all(context: Context) -> None:
+    jobs = context.ledger.restore_all(context.lanes, context.devices)
+    if jobs:
+        log.info("restoring %d GPU setting(s) changed since start-up", len(jobs))
+
+
 @attrs.frozen
 class Running:
     """Handed to whoever started the daemon: where it listens and how to stop it."""
@@ -76,8 +92,14 @@ async def serve(
         devices=backend.devices,
         lanes=lanes,
         enabled_groups=API_GROUPS,
+        token_key=config.token_key,
+        # A token on a Unix socket is optional (it narrows or widens nothing the peer's
+        # uid does not already say); TCP has no peer identity, so there it is required.
+        token_transports=frozenset({"tcp"}) if config.token_key is not None else frozenset(),
+        control_uids=config.control_uids,
+        control_gids=config.control_gids,
     )
-    dispatcher = Dispatcher(build_methods(), context)
+    dispatcher = Dispatcher(build_methods(), context, config.max_batch)
     on_closed: Callable[[], None] = _nothing
     mode = config.mode
     inherited = listeners.inherited_listener()
@@ -94,7 +116,19 @@ async def serve(
     else:
         listener = await listeners.open_tcp_listener(config.tcp_host, config.tcp_port)
     address = listeners.describe(listener)
-    server = Server(dispatcher, lanes, config.max_line_bytes, mode)
+    server = Server(
+        dispatcher,
+        lanes,
+        config.max_line_bytes,
+        mode,
+        max_connections=config.max_connections,
+        max_in_flight=config.max_in_flight,
+        client_timeout=config.client_timeout,
+        on_session_closed=lambda session: _session_closed(context, session),
+        before_lanes_close=(
+            (lambda: _restore_all(context)) if config.restore_on_exit else _nothing
+        ),
+    )
     try:
         async with trio.open_nursery() as nursery:
             if handle_signals:

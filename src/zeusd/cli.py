@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
 from collections.abc import Sequence
 
+import attrs
 import trio
 
-from zeusd import __version__
+from zeusd import __version__, logfmt, token_cli, tokens
 from zeusd.app import open_backend, serve
 from zeusd.config import (
+    DEFAULT_CLIENT_TIMEOUT_S,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_LINE_BYTES,
     DEFAULT_SIM_GPUS,
     DEFAULT_SOCKET_PATH,
@@ -46,6 +52,32 @@ def _id(text: str) -> int:
     return value
 
 
+def _id_list(text: str) -> frozenset[int]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma list of numeric ids")
+    return frozenset(_id(item) for item in items)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds (got {text!r})") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds (got {text})")
+    return value
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
 def _octal_mode(text: str) -> int:
     try:
         value = int(text, 8)
@@ -68,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="zeusd",
         description="Serve privileged NVML GPU energy controls to unprivileged clients over "
         "line-delimited JSON-RPC 2.0.",
+        epilog="To make a session token for TCP clients: zeusd token issue --help",
     )
     parser.add_argument("-V", "--version", action="version", version=f"zeusd {__version__}")
     parser.add_argument("--mode", choices=("uds", "tcp"), default="uds", help="transport (uds)")
@@ -103,6 +136,63 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest request line accepted (%(default)s)",
     )
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="log lines (text)"
+    )
+    trust = parser.add_argument_group("trust (see docs/security.md)")
+    trust.add_argument(
+        "--control-uids",
+        type=_id_list,
+        metavar="LIST",
+        help="comma list of uids that may call gpu-control (root always may)",
+    )
+    trust.add_argument(
+        "--control-gids",
+        type=_id_list,
+        metavar="LIST",
+        help="comma list of gids whose members may call gpu-control",
+    )
+    trust.add_argument(
+        "--token-key",
+        metavar="FILE",
+        help="key that signs session tokens; TCP clients must then authenticate "
+        "(the file must not be accessible to group or others)",
+    )
+    trust.add_argument(
+        "--allow-insecure-tcp",
+        action="store_true",
+        help="allow binding TCP to a non-loopback address without --token-key",
+    )
+    trust.add_argument(
+        "--restore-on-exit",
+        action="store_true",
+        help="on shutdown, put back every GPU setting changed through the daemon",
+    )
+    trust.add_argument(
+        "--max-connections",
+        type=_positive,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help="connections beyond this are closed at once (%(default)s)",
+    )
+    trust.add_argument(
+        "--max-in-flight",
+        type=_positive,
+        default=DEFAULT_MAX_IN_FLIGHT,
+        help="requests in progress per connection before it is no longer read (%(default)s)",
+    )
+    trust.add_argument(
+        "--max-batch",
+        type=_positive,
+        default=DEFAULT_MAX_BATCH,
+        help="most requests in one batch (%(default)s)",
+    )
+    trust.add_argument(
+        "--client-timeout",
+        type=_seconds,
+        default=DEFAULT_CLIENT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="time to finish a started line, and to take a reply (%(default)s)",
+    )
     return parser
 
 
@@ -119,7 +209,19 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         parser.error("--socket-path/-permissions/-uid/-gid apply to --mode uds only")
     if args.mode == "uds" and args.tcp_bind_address is not None:
         parser.error("--tcp-bind-address needs --mode tcp")
+    if args.mode == "uds" and args.allow_insecure_tcp:
+        parser.error("--allow-insecure-tcp needs --mode tcp")
     host, port = args.tcp_bind_address or parse_host_port(DEFAULT_TCP_BIND_ADDRESS)
+    if (
+        args.mode == "tcp"
+        and not is_loopback(host)
+        and args.token_key is None
+        and not args.allow_insecure_tcp
+    ):
+        parser.error(
+            f"binding TCP to {host} lets anyone who can reach it change GPU settings: "
+            "pass --token-key FILE, or --allow-insecure-tcp if that is really meant"
+        )
     return Config(
         mode=args.mode,
         socket_path=args.socket_path or DEFAULT_SOCKET_PATH,
@@ -135,6 +237,16 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         sim_config=args.sim_config,
         max_line_bytes=args.max_line_bytes,
         log_level=args.log_level,
+        log_format=args.log_format,
+        control_uids=args.control_uids or frozenset(),
+        control_gids=args.control_gids or frozenset(),
+        token_key_file=args.token_key,
+        allow_insecure_tcp=args.allow_insecure_tcp,
+        restore_on_exit=args.restore_on_exit,
+        max_connections=args.max_connections,
+        max_in_flight=args.max_in_flight,
+        max_batch=args.max_batch,
+        client_timeout=args.client_timeout,
     )
 
 
@@ -150,17 +262,22 @@ def privilege_problem(config: Config, euid: int) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = parse_config(argv)
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["token"]:
+        return token_cli.main(args[1:])
+    config = parse_config(args)
+    logfmt.configure(config.log_level, config.log_format, sys.stderr)
     logging.getLogger("zeusd.ready").setLevel(logging.INFO)
     problem = privilege_problem(config, os.geteuid())
     if problem:
         print(f"zeusd: {problem}", file=sys.stderr)
         return 1
+    if config.token_key_file is not None:
+        try:
+            config = attrs.evolve(config, token_key=tokens.load_key(config.token_key_file))
+        except tokens.TokenKeyError as exc:
+            print(f"zeusd: {exc}", file=sys.stderr)
+            return 1
     try:
         backend = open_backend(config)
     except StartupError as exc:

@@ -10,6 +10,10 @@ DEFAULT_SOCKET_PATH = "/var/run/zeusd.sock"
 DEFAULT_TCP_BIND_ADDRESS = "127.0.0.1:4938"
 DEFAULT_MAX_LINE_BYTES = 1024 * 1024
 DEFAULT_SIM_GPUS = 4
+DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_MAX_IN_FLIGHT = 64
+DEFAULT_MAX_BATCH = 256
+DEFAULT_CLIENT_TIMEOUT_S = 30.0
 
 
 @attrs.frozen(kw_only=True)
@@ -28,3 +32,15 @@ class Config:
     sim_config: str | None = None
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     log_level: str = "info"
+    log_format: str = "text"
+    control_uids: frozenset[int] = frozenset()
+    control_gids: frozenset[int] = frozenset()
+    token_key_file: str | None = None
+    #: The signing key read from --token-key (checked and loaded at start-up).
+    token_key: bytes | None = attrs.field(default=None, repr=False)
+    allow_insecure_tcp: bool = False
+    restore_on_exit: bool = False
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    max_batch: int = DEFAULT_MAX_BATCH
+    client_timeout: float = DEFAULT_CLIENT_TIMEOUT_S

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import attrs
 
+from zeusd.gpu import ledger
 from zeusd.gpu.backend import GpuInfo, NvmlCallError, NvmlDevice
 from zeusd.rpc.errors import InvalidParamsError
 from zeusd.rpc.omitted import OMITTED, Omitted
@@ -132,6 +133,8 @@ class GpuCommand(Protocol):
 @attrs.frozen
 class _Write:
     gpus: tuple[GpuInfo, ...]
+    #: The GPU settings this write changes (see zeusd.gpu.ledger), for restoring them.
+    settings: ClassVar[tuple[str, ...]] = ()
 
     def result(self, values: Mapping[int, Any]) -> Any:
         return {"applied": list(values)}
@@ -139,6 +142,8 @@ class _Write:
 
 @attrs.frozen
 class SetPowerLimit(_Write):
+    settings = (ledger.POWER_LIMIT,)
+
     power_limit_mw: int = attrs.field()
 
     @power_limit_mw.validator
@@ -154,12 +159,16 @@ class SetPowerLimit(_Write):
 
 @attrs.frozen
 class ResetPowerLimit(_Write):
+    settings = (ledger.POWER_LIMIT,)
+
     def run(self, device: NvmlDevice) -> None:
         device.reset_power_limit()
 
 
 @attrs.frozen
 class SetPersistenceMode(_Write):
+    settings = (ledger.PERSISTENCE_MODE,)
+
     enabled: bool = _bool_field()
 
     def run(self, device: NvmlDevice) -> None:
@@ -176,30 +185,40 @@ class _LockClocks(_Write):
 
 @attrs.frozen
 class SetGpuLockedClocks(_LockClocks):
+    settings = (ledger.GPU_LOCKED_CLOCKS,)
+
     def run(self, device: NvmlDevice) -> None:
         device.set_gpu_locked_clocks(self.min_clock_mhz, self.max_clock_mhz)
 
 
 @attrs.frozen
 class SetMemLockedClocks(_LockClocks):
+    settings = (ledger.MEM_LOCKED_CLOCKS,)
+
     def run(self, device: NvmlDevice) -> None:
         device.set_mem_locked_clocks(self.min_clock_mhz, self.max_clock_mhz)
 
 
 @attrs.frozen
 class ResetGpuLockedClocks(_Write):
+    settings = (ledger.GPU_LOCKED_CLOCKS,)
+
     def run(self, device: NvmlDevice) -> None:
         device.reset_gpu_locked_clocks()
 
 
 @attrs.frozen
 class ResetMemLockedClocks(_Write):
+    settings = (ledger.MEM_LOCKED_CLOCKS,)
+
     def run(self, device: NvmlDevice) -> None:
         device.reset_mem_locked_clocks()
 
 
 @attrs.frozen
 class ResetLockedClocks(_Write):
+    settings = (ledger.GPU_LOCKED_CLOCKS, ledger.MEM_LOCKED_CLOCKS)
+
     def run(self, device: NvmlDevice) -> None:
         device.reset_locked_clocks()
 

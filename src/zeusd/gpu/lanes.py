@@ -187,6 +187,19 @@ class GpuLanes:
     async def wait(self, gpu: int, job: Job) -> outcome.Outcome[Any]:
         return await self._lanes[gpu].wait(job)
 
+    def submit_detached(self, gpu: int, fn: Callable[[], Any]) -> Job:
+        """Queue *fn* with nobody to await it (e.g. a restore after its client left).
+
+        A lane only moves when someone waits on its head job, so a waiter task is started
+        for it here, in the nursery of run(), which outlives every connection.
+        """
+        lane = self._lanes[gpu]
+        if lane.nursery is None:
+            raise LaneClosedError("the lanes are not running")
+        job = lane.submit(fn)
+        lane.nursery.start_soon(lane.wait, job)
+        return job
+
     def close(self) -> None:
         """Accept no more jobs; what is queued still runs."""
         for lane in self._lanes:

@@ -1,17 +1,85 @@
 """Whether a session may call a method at all; checked before params are even looked at.
 
-The one place for access rules, so that every method goes through the same gate.
+The one place for access rules, so that every method goes through the same gate. In order:
+
+1. the method's API group must be enabled (-32004);
+2. on a transport that requires a token, only the methods a client needs to find the daemon
+   and to log in are open before ``session.authenticate`` succeeds (-32005); a token that
+   has since expired closes everything again;
+3. an authenticated session may call only the groups its token's scopes list (-32002);
+4. otherwise ``gpu-control`` is limited to root and the ``--control-uids``/``--control-gids``
+   when either is set (-32002). Reads stay open.
 """
 
 from __future__ import annotations
 
+import time
+
 from zeusd.rpc.context import Context
-from zeusd.rpc.errors import GroupDisabledError
-from zeusd.rpc.methods import MethodSpec
+from zeusd.rpc.errors import AuthRequiredError, GroupDisabledError, PermissionDeniedError
+from zeusd.rpc.methods import GPU_CONTROL, MethodSpec
 from zeusd.rpc.session import Session
+
+#: Callable before a token-requiring connection has authenticated.
+OPEN_BEFORE_AUTH = frozenset({"discover", "time", "rpc.discover", "session.authenticate"})
 
 
 def check_access(context: Context, session: Session, spec: MethodSpec) -> None:
     """Raise the RpcError that refuses *spec* to *session*, or return."""
     if spec.group is not None and spec.group not in context.enabled_groups:
         raise GroupDisabledError(spec.name, spec.group)
+    if spec.name in OPEN_BEFORE_AUTH:
+        return
+    if context.requires_token(session.transport):
+        if not session.authenticated:
+            raise AuthRequiredError(
+                f"this connection must call session.authenticate with a token before {spec.name}"
+            )
+        if session.expires_at is not None and time.time() >= session.expires_at:
+            raise AuthRequiredError("the session's token has expired; authenticate again")
+    if spec.group is None:
+        return
+    reason = refusal(context, session, spec.group)
+    if reason is not None:
+        raise PermissionDeniedError(spec.name, reason)
+
+
+def refusal(context: Context, session: Session, group: str) -> str | None:
+    """Why *session* may not call methods of *group* (enabled or not), or None."""
+    if session.uid == 0:
+        return None  # root can do all of this with nvidia-smi anyway
+    if session.scopes is not None:
+        if group in session.scopes:
+            return None
+        granted = ", ".join(session.scopes) or "none"
+        return f"the token of {session.subject!r} does not grant '{group}' (it grants: {granted})"
+    if group != GPU_CONTROL or not context.restricts_control:
+        return None
+    if session.uid is None:
+        return (
+            f"'{group}' is limited to certain users and this {session.transport} connection "
+            f"carries no user identity"
+            + ("; authenticate with a token" if context.token_key is not None else "")
+        )
+    if session.uid in context.control_uids or not context.control_gids.isdisjoint(session.groups):
+        return None
+    return (
+        f"'{group}' is allowed to root and {describe_allowed(context)} "
+        f"(you are uid {session.uid}, groups {', '.join(map(str, session.groups)) or 'none'})"
+    )
+
+
+def describe_allowed(context: Context) -> str:
+    parts = []
+    if context.control_uids:
+        parts.append("uids " + ", ".join(map(str, sorted(context.control_uids))))
+    if context.control_gids:
+        parts.append("gids " + ", ".join(map(str, sorted(context.control_gids))))
+    return " and ".join(parts) or "nobody else"
+
+
+def allowed_groups(context: Context, session: Session) -> list[str]:
+    """The enabled groups *session* may call right now, for ``session.whoami``."""
+    if context.requires_token(session.transport) and not session.authenticated:
+        return []
+    return [g for g in context.enabled_groups if refusal(context, session, g) is None]

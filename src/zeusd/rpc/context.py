@@ -13,6 +13,7 @@ from outcome import Outcome
 from zeusd.gpu.backend import NvmlCallError, NvmlDevice
 from zeusd.gpu.commands import GpuCommand, GpuTable
 from zeusd.gpu.lanes import GpuLanes, Job
+from zeusd.gpu.ledger import SettingsLedger
 from zeusd.rpc.errors import DeviceError
 
 
@@ -26,23 +27,49 @@ class Context:
     devices: Sequence[NvmlDevice]
     lanes: GpuLanes
     enabled_groups: tuple[str, ...]
-    auth_required: bool = False
+    #: Set with --token-key: the key that signs session tokens.
+    token_key: bytes | None = None
+    #: Transports whose connections must authenticate before most methods (--token-key).
+    token_transports: frozenset[str] = frozenset()
+    #: Who may call gpu-control besides root (--control-uids/--control-gids); both empty:
+    #: everyone who can reach the socket.
+    control_uids: frozenset[int] = frozenset()
+    control_gids: frozenset[int] = frozenset()
+    #: Who changed which GPU setting, and what it was before; see zeusd.gpu.ledger.
+    ledger: SettingsLedger = attrs.field(factory=SettingsLedger)
 
-    def submit(self, command: GpuCommand) -> Awaitable[Any]:
+    @property
+    def auth_required(self) -> bool:
+        return bool(self.token_transports)
+
+    @property
+    def restricts_control(self) -> bool:
+        return bool(self.control_uids or self.control_gids)
+
+    def requires_token(self, transport: str) -> bool:
+        return transport in self.token_transports
+
+    def submit(self, command: GpuCommand, session: int | None = None) -> Awaitable[Any]:
         """Queue *command* on each target GPU's lane now; await the result later.
 
         Queuing happens before this returns, so the order in which lines were read is the
-        order in which each GPU sees them.
+        order in which each GPU sees them. A write made for *session* is recorded in the
+        ledger, so that it can be undone.
         """
         jobs = [
-            (gpu.index, self.lanes.submit(gpu.index, _bind(command, self.devices[gpu.index])))
+            (gpu.index, self.lanes.submit(gpu.index, self._bind(command, gpu.index, session)))
             for gpu in command.gpus
         ]
         return _collect(self.lanes, command, jobs)
 
-
-def _bind(command: GpuCommand, device: NvmlDevice) -> Any:
-    return lambda: command.run(device)
+    def _bind(self, command: GpuCommand, gpu: int, session: int | None) -> Any:
+        device = self.devices[gpu]
+        settings = getattr(command, "settings", ())
+        if session is None or not settings:
+            return lambda: command.run(device)
+        return lambda: self.ledger.write(
+            session, gpu, settings, device, lambda: command.run(device)
+        )
 
 
 async def _collect(lanes: GpuLanes, command: GpuCommand, jobs: list[tuple[int, Job]]) -> Any:

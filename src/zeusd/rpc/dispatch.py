@@ -15,6 +15,7 @@ import inspect
 import json
 import logging
 import math
+import time
 from collections.abc import Awaitable, Mapping
 from typing import Any
 
@@ -32,9 +33,10 @@ from jsonrpcserver.sentinels import NOID
 from oslash.either import Left
 
 from zeusd.rpc.access import check_access
+from zeusd.rpc.audit import record_write
 from zeusd.rpc.context import Context
 from zeusd.rpc.errors import INVALID_REQUEST, PARSE_ERROR, InvalidParamsError
-from zeusd.rpc.methods import MethodSpec
+from zeusd.rpc.methods import GPU_CONTROL, MethodSpec
 from zeusd.rpc.session import Session
 
 log = logging.getLogger(__name__)
@@ -87,9 +89,12 @@ def _valid_id(value: Any) -> bool:
 class Dispatcher:
     """Turns request lines into response lines. One per daemon; holds no per-line state."""
 
-    def __init__(self, methods: Mapping[str, MethodSpec], context: Context) -> None:
+    def __init__(
+        self, methods: Mapping[str, MethodSpec], context: Context, max_batch: int = 256
+    ) -> None:
         self._methods = methods
         self._context = context
+        self._max_batch = max_batch
 
     def handle_line(self, line: bytes, session: Session) -> Reply:
         """Process one line from *session*'s connection; see :data:`Reply`."""
@@ -108,6 +113,10 @@ class Dispatcher:
             return self._reply_one(self._start(doc, session))
         if not doc:
             return encode(error_message(INVALID_REQUEST, "Invalid Request", "empty batch"))
+        if len(doc) > self._max_batch:
+            # Refused whole, before any member runs: a half-run batch is worse than none.
+            reason = f"batch of {len(doc)} requests; at most {self._max_batch} are accepted"
+            return encode(error_message(INVALID_REQUEST, "Invalid Request", reason))
         return self._reply_batch([self._start(member, session) for member in doc])
 
     # -- one request -----------------------------------------------------------------------
@@ -129,14 +138,23 @@ class Dispatcher:
         spec = self._methods.get(request.method)
         if spec is None:
             return self._respond(request, Left(MethodNotFoundResult(request.method)))
+        started = time.monotonic()
         try:
             check_access(self._context, session, spec)
             outcome = spec.handler(self._context, session, **self._kwargs(spec, request.params))
         except Exception as exc:
-            return self._respond(request, self._error_result(request, exc))
+            outcome = self._error_result(request, exc)
         if inspect.isawaitable(outcome):
-            return self._finish(request, outcome)
+            return self._finish(request, outcome, spec, session, started)
+        self._audit(spec, session, request, outcome, started)
         return self._respond(request, outcome)
+
+    @staticmethod
+    def _audit(
+        spec: MethodSpec, session: Session, request: Request, result: Result, started: float
+    ) -> None:
+        if spec.group == GPU_CONTROL:
+            record_write(session, spec.name, request.params, result, time.monotonic() - started)
 
     @staticmethod
     def _kwargs(spec: MethodSpec, params: Any) -> dict[str, Any]:
@@ -154,11 +172,19 @@ class Dispatcher:
                 raise InvalidParamsError(name, f"missing required param '{name}'")
         return {p.name: params.get(p.name, p.default) for p in spec.params}
 
-    async def _finish(self, request: Request, pending: Awaitable[Result]) -> dict[str, Any] | None:
+    async def _finish(
+        self,
+        request: Request,
+        pending: Awaitable[Result],
+        spec: MethodSpec,
+        session: Session,
+        started: float,
+    ) -> dict[str, Any] | None:
         try:
             result = await pending
         except Exception as exc:
             result = self._error_result(request, exc)
+        self._audit(spec, session, request, result, started)
         return self._respond(request, result)
 
     @staticmethod

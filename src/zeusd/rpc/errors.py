@@ -78,3 +78,23 @@ class GroupDisabledError(RpcError):
         super().__init__(
             {"method": method, "group": group, "reason": f"the '{group}' group is not enabled"}
         )
+
+
+class PermissionDeniedError(RpcError):
+    """The daemon's own policy refuses this caller this method (-32002)."""
+
+    rpc_code = PERMISSION_DENIED
+    rpc_message = "Permission denied"
+
+    def __init__(self, method: str, reason: str) -> None:
+        super().__init__({"method": method, "reason": reason})
+
+
+class AuthRequiredError(RpcError):
+    """This connection must authenticate first, or its token was refused (-32005)."""
+
+    rpc_code = AUTH_REQUIRED
+    rpc_message = "Authentication required"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__({"reason": reason})

@@ -90,7 +90,7 @@ _APPLIED = _object(applied={"type": "array", "items": _INT})
 
 def _gpu_handler(command: type[Any]) -> Handler:
     def handle(ctx: Context, session: Session, gpu_ids: object, **params: Any) -> Awaitable[Result]:
-        return ctx.submit(command(ctx.gpus.resolve(gpu_ids), **params))
+        return ctx.submit(command(ctx.gpus.resolve(gpu_ids), **params), session.id)
 
     return handle
 
@@ -146,6 +146,8 @@ def _rpc_discover(ctx: Context, session: Session) -> Result:
 
 def build_methods() -> Mapping[str, MethodSpec]:
     """Every method zeusd serves, by name."""
+    from zeusd.rpc.session_methods import session_methods  # they need MethodSpec from here
+
     power_limit = Param(
         "power_limit_mw",
         {"type": "integer", "minimum": 1, "maximum": cmd.UINT32_MAX},
@@ -274,5 +276,6 @@ def build_methods() -> Mapping[str, MethodSpec]:
                 "A supported memory clock; omitted: each GPU's highest.",
             ),
         ),
+        *session_methods(),
     ]
     return {spec.name: spec for spec in specs}

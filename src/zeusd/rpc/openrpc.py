@@ -21,7 +21,19 @@ _ERRORS: dict[str, dict[str, Any]] = {
         "message": "Device error",
         "data": {"succeeded": [], "errors": {"<gpu id>": {"nvml_error": "", "message": ""}}},
     },
+    "PermissionDenied": {
+        "code": errors.PERMISSION_DENIED,
+        "message": "Permission denied",
+        "data": {"method": "the method refused", "reason": "who is allowed"},
+    },
+    "AuthenticationRequired": {
+        "code": errors.AUTH_REQUIRED,
+        "message": "Authentication required",
+        "data": {"reason": "why: not authenticated, token refused or expired"},
+    },
 }
+#: Errors of methods outside the API groups (the ``session.`` family).
+_SESSION_ERRORS = {"session.authenticate": ("InvalidParams", "AuthenticationRequired")}
 
 
 def _method(spec: MethodSpec) -> dict[str, Any]:
@@ -43,6 +55,10 @@ def _method(spec: MethodSpec) -> dict[str, Any]:
     if spec.group is not None:
         doc["x-api-group"] = spec.group
         doc["errors"] = [{"$ref": f"#/components/errors/{name}"} for name in _ERRORS]
+    elif spec.name in _SESSION_ERRORS:
+        doc["errors"] = [
+            {"$ref": f"#/components/errors/{name}"} for name in _SESSION_ERRORS[spec.name]
+        ]
     return doc
 
 

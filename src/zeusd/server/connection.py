@@ -2,12 +2,20 @@
 
 Requests of a connection run concurrently: each one that has GPU work gets its own task and
 its reply is written when it completes, so a slow GPU never holds up a read of another.
+
+What one client can hold is bounded: at most ``max_in_flight`` requests at a time (beyond
+that the connection is simply not read, which pushes back on the client through TCP/UDS
+flow control), a started line must be finished within ``client_timeout`` seconds, and a
+reply the client does not take within that time ends the connection. A connection that
+sends nothing at all is left alone: holding a connection open is legitimate (subscriptions,
+a training job's whole run); ``--max-connections`` bounds how many there are.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import math
 
 import trio
 
@@ -30,8 +38,13 @@ class Connection:
         dispatcher: Dispatcher,
         max_line_bytes: int,
         session: Session,
+        *,
+        max_in_flight: int = 64,
+        client_timeout: float = 30.0,
     ) -> None:
         self._stream = stream
+        self._slots = trio.Semaphore(max_in_flight)
+        self._client_timeout = client_timeout
         self.session = session
         self._dispatcher = dispatcher
         self._buffer = LineBuffer(max_line_bytes)
@@ -59,8 +72,9 @@ class Connection:
 
     async def _read_loop(self, in_flight: trio.Nursery) -> bool:
         """Read until EOF or drain (True) or until the peer is gone or broke framing (False)."""
+        line_deadline = math.inf
         while not self._stop_reading:
-            self._receive_scope = trio.CancelScope()
+            self._receive_scope = trio.CancelScope(deadline=line_deadline)
             data: bytes | bytearray = b""
             with self._receive_scope:
                 try:
@@ -68,32 +82,60 @@ class Connection:
                 except _GONE:
                     return False
             if self._receive_scope.cancelled_caught:
-                break
+                if self._stop_reading:
+                    break
+                # A client that trickles a line, or never ends it, must not keep its
+                # connection (one of --max-connections) for ever.
+                log.warning(
+                    "%s: line not finished within %g s; closing",
+                    self.session.describe(),
+                    self._client_timeout,
+                )
+                await self._send(
+                    parse_error(f"line not finished within {self._client_timeout:g} s")
+                )
+                return False
             if not data:
                 last = self._buffer.close()
                 if last is not None:
                     await self._handle(last, in_flight)
                 return True
-            for line in self._buffer.feed(data):
+            lines = self._buffer.feed(data)
+            for line in lines:
                 await self._handle(line, in_flight)
             if self._buffer.overflowed:
                 # The contract: answer at once, without waiting for "\n", then hang up.
                 await self._send(parse_error(f"line longer than {self._buffer.limit} bytes"))
                 return False
+            # The clock starts when a line starts: a steady stream of lines whose reads
+            # happen to end mid-line never runs out of time.
+            if not self._buffer.pending_bytes:
+                line_deadline = math.inf
+            elif lines or line_deadline == math.inf:
+                line_deadline = trio.current_time() + self._client_timeout
         return True
 
     async def _handle(self, line: bytes, in_flight: trio.Nursery) -> None:
-        reply = self._dispatcher.handle_line(line, self.session)
-        if reply is None:
+        # Waiting for a slot here is the backpressure: nothing more is read meanwhile.
+        await self._slots.acquire()
+        try:
+            reply = self._dispatcher.handle_line(line, self.session)
+        except BaseException:
+            self._slots.release()
+            raise
+        if inspect.isawaitable(reply):
+            in_flight.start_soon(self._finish, reply)
             return
+        self._slots.release()
         if isinstance(reply, bytes):
             await self._send(reply)
-        elif inspect.isawaitable(reply):
-            in_flight.start_soon(self._finish, reply)
 
     async def _finish(self, reply: object) -> None:
         assert inspect.isawaitable(reply)
-        data = await reply
+        try:
+            data = await reply
+        finally:
+            self._slots.release()
         if data is not None:
             await self._send(data)
 
@@ -106,9 +148,22 @@ class Connection:
         else:
             lock.acquire_nowait()
         try:
-            await self._stream.send_all(data)
-        except _GONE:
-            # Nobody to answer; stop reading too, which ends the connection.
-            self.drain()
+            with trio.move_on_after(self._client_timeout) as scope:
+                try:
+                    await self._stream.send_all(data)
+                except _GONE:
+                    # Nobody to answer; stop reading too, which ends the connection.
+                    self.drain()
+            if scope.cancelled_caught:
+                # A client that does not read its replies would hold this connection and
+                # its in-flight slots for ever; a cut-off write also leaves the stream
+                # unusable, so hang up.
+                log.warning(
+                    "%s: reply not taken within %g s; closing",
+                    self.session.describe(),
+                    self._client_timeout,
+                )
+                self.drain()
+                await trio.aclose_forcefully(self._stream)
         finally:
             lock.release()

@@ -12,6 +12,7 @@ from zeusd.gpu.lanes import GpuLanes
 from zeusd.rpc.dispatch import Dispatcher
 from zeusd.rpc.session import Session
 from zeusd.server.connection import Connection
+from zeusd.server.peercred import peer_cred
 
 log = logging.getLogger(__name__)
 
@@ -23,12 +24,27 @@ class Server:
     """Accepts connections on one listener and serves each with a :class:`Connection`."""
 
     def __init__(
-        self, dispatcher: Dispatcher, lanes: GpuLanes, max_line_bytes: int, transport: str
+        self,
+        dispatcher: Dispatcher,
+        lanes: GpuLanes,
+        max_line_bytes: int,
+        transport: str,
+        *,
+        max_connections: int = 1024,
+        max_in_flight: int = 64,
+        client_timeout: float = 30.0,
+        on_session_closed: Callable[[Session], None] = lambda session: None,
+        before_lanes_close: Callable[[], None] = lambda: None,
     ) -> None:
         self._dispatcher = dispatcher
         self._transport = transport
         self._lanes = lanes
         self._max_line_bytes = max_line_bytes
+        self._max_connections = max_connections
+        self._max_in_flight = max_in_flight
+        self._client_timeout = client_timeout
+        self._on_session_closed = on_session_closed
+        self._before_lanes_close = before_lanes_close
         self._connections: set[Connection] = set()
         self._stop = trio.Event()
         self._force = trio.Event()
@@ -42,15 +58,37 @@ class Server:
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one client stream; never lets a client's failure escape."""
+        if len(self._connections) >= self._max_connections:
+            # Refused at once, so that a flood of connections costs nothing that lasts.
+            log.warning("refusing a connection: %d are open already", len(self._connections))
+            await trio.aclose_forcefully(stream)
+            return
         session = Session(transport=self._transport)
-        connection = Connection(stream, self._dispatcher, self._max_line_bytes, session)
+        if isinstance(stream, trio.SocketStream):
+            cred = peer_cred(stream.socket)  # type: ignore[arg-type]
+            if cred is not None:
+                session.pid, session.uid, session.gid = cred.pid, cred.uid, cred.gid
+                session.groups = cred.groups
+        connection = Connection(
+            stream,
+            self._dispatcher,
+            self._max_line_bytes,
+            session,
+            max_in_flight=self._max_in_flight,
+            client_timeout=self._client_timeout,
+        )
         self._connections.add(connection)
+        log.debug("connection #%d opened: %s", session.id, session.describe())
         try:
             await connection.serve()
         except Exception:
             log.exception("connection failed; other connections are unaffected")
         finally:
             self._connections.discard(connection)
+            try:
+                self._on_session_closed(session)
+            except Exception:
+                log.exception("cleanup after connection #%d failed", session.id)
 
     async def run(
         self,
@@ -94,7 +132,9 @@ class Server:
                     on_closed()
                     for connection in list(self._connections):
                         connection.drain()
-                # Every connection is gone, and with it every request still waiting on a lane.
+                # Every connection is gone; queue the exit restores, then close the lanes
+                # (what is queued still runs).
+                self._before_lanes_close()
                 self._lanes.close()
             root.cancel_scope.cancel()  # all finished in time: the watchdog is not needed
 

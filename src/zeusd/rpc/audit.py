@@ -1,0 +1,72 @@
+"""The audit trail: one log record per write request, whatever became of it.
+
+Each record says who asked (pid/uid or token subject), the method and params, each GPU's
+outcome (or why the request was refused before any GPU was touched) and how long it took.
+The structured fields travel in the record's ``audit`` attribute, which the JSON log format
+writes out as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from jsonrpcserver.result import Result
+from oslash.either import Left
+
+from zeusd.rpc.session import Session
+
+log = logging.getLogger("zeusd.audit")
+
+#: Params longer than this (as JSON) are logged cut short: a client must not be able to
+#: write a megabyte into the audit log with every refused request.
+MAX_PARAMS_CHARS = 1000
+
+
+def _loggable(params: Any) -> Any:
+    try:
+        text = json.dumps(params, separators=(",", ":"))
+    except (TypeError, ValueError):
+        text = repr(params)
+    if len(text) <= MAX_PARAMS_CHARS:
+        return params
+    return {"truncated": text[:MAX_PARAMS_CHARS], "length": len(text)}
+
+
+def outcome_of(result: Result) -> dict[str, Any]:
+    """``{"status": ..., "gpus": {"<id>": "ok" | error}}`` from a write's Result."""
+    if not isinstance(result, Left):
+        value = getattr(result._value, "result", None)  # a Right holding a SuccessResult
+        applied = value.get("applied", []) if isinstance(value, dict) else []
+        return {"status": "ok", "gpus": {str(gpu): "ok" for gpu in applied}}
+    err = result._error
+    data = err.data if isinstance(err.data, dict) else {}
+    if err.code == -32001 and "succeeded" in data:
+        gpus: dict[str, Any] = {str(gpu): "ok" for gpu in data["succeeded"]}
+        gpus.update(data.get("errors", {}))
+        return {"status": "device error", "gpus": gpus}
+    reason = data.get("reason", err.message)
+    return {"status": "refused", "code": err.code, "reason": str(reason)[:MAX_PARAMS_CHARS]}
+
+
+def record_write(
+    session: Session, method: str, params: Any, result: Result, seconds: float
+) -> None:
+    outcome = outcome_of(result)
+    fields = {
+        **session.identity(),
+        "method": method,
+        "params": _loggable(params),
+        **outcome,
+        "duration_ms": round(seconds * 1000, 3),
+    }
+    log.info(
+        "write %s by %s: %s %s in %.1f ms",
+        method,
+        session.describe(),
+        outcome["status"],
+        json.dumps(outcome.get("gpus", outcome.get("reason")), separators=(",", ":")),
+        seconds * 1000,
+        extra={"audit": fields},
+    )

@@ -1,0 +1,108 @@
+"""The ``session.`` methods: who am I, log in with a token, undo my changes when I leave."""
+
+from __future__ import annotations
+
+import logging
+
+from jsonrpcserver.result import Result, Success
+
+from zeusd import tokens
+from zeusd.gpu.commands import show
+from zeusd.rpc.context import Context
+from zeusd.rpc.errors import AuthRequiredError, InvalidParamsError
+from zeusd.rpc.methods import MethodSpec, Param, _object
+from zeusd.rpc.session import Session
+
+log = logging.getLogger(__name__)
+
+_NULLABLE_INT = {"type": ["integer", "null"]}
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+
+
+def _whoami(ctx: Context, session: Session) -> Result:
+    from zeusd.rpc.access import allowed_groups  # access needs this module's table
+
+    return Success(
+        {
+            "transport": session.transport,
+            "pid": session.pid,
+            "uid": session.uid,
+            "gid": session.gid,
+            "subject": session.subject,
+            "allowed_groups": allowed_groups(ctx, session),
+            "restore_on_close": session.restore_on_close,
+        }
+    )
+
+
+def _authenticate(ctx: Context, session: Session, token: object) -> Result:
+    if not isinstance(token, str):
+        raise InvalidParamsError("token", f"'token' must be a string (got {show(token)})")
+    if ctx.token_key is None:
+        raise AuthRequiredError("this daemon has no --token-key: tokens cannot be checked")
+    try:
+        claims = tokens.verify(ctx.token_key, token)
+    except tokens.TokenError as exc:
+        log.warning("%s: authentication refused: %s", session.describe(), exc)
+        raise AuthRequiredError(str(exc)) from None
+    session.subject = claims.subject
+    session.scopes = claims.scopes
+    session.expires_at = claims.expires_at
+    log.info(
+        "%s connection #%d authenticated as %r (scopes: %s)",
+        session.transport,
+        session.id,
+        claims.subject,
+        ", ".join(claims.scopes) or "none",
+    )
+    return Success(
+        {"subject": claims.subject, "scopes": list(claims.scopes), "expires_at": claims.expires_at}
+    )
+
+
+def _set_restore_on_close(ctx: Context, session: Session, enabled: object) -> Result:
+    if not isinstance(enabled, bool):
+        raise InvalidParamsError(
+            "enabled", f"'enabled' must be true or false (got {show(enabled)})"
+        )
+    session.restore_on_close = enabled
+    return Success({"restore_on_close": enabled})
+
+
+def session_methods() -> list[MethodSpec]:
+    return [
+        MethodSpec(
+            "session.whoami",
+            "What the daemon knows about this connection and what it may call.",
+            None,
+            (),
+            _object(
+                transport={"enum": ["uds", "tcp"]},
+                pid=_NULLABLE_INT,
+                uid=_NULLABLE_INT,
+                gid=_NULLABLE_INT,
+                subject={"type": ["string", "null"]},
+                allowed_groups=_STRINGS,
+                restore_on_close={"type": "boolean"},
+            ),
+            _whoami,
+        ),
+        MethodSpec(
+            "session.authenticate",
+            "Present a token issued by 'zeusd token issue'; required first on TCP with "
+            "--token-key.",
+            None,
+            (Param("token", {"type": "string"}, "The token.", required=True),),
+            _object(subject={"type": "string"}, scopes=_STRINGS, expires_at=_NULLABLE_INT),
+            _authenticate,
+        ),
+        MethodSpec(
+            "session.set_restore_on_close",
+            "When this connection closes, put back every GPU setting it changed (unless "
+            "another connection changed it later).",
+            None,
+            (Param("enabled", {"type": "boolean"}, "true to restore on close.", required=True),),
+            _object(restore_on_close={"type": "boolean"}),
+            _set_restore_on_close,
+        ),
+    ]

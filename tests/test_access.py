@@ -1,0 +1,91 @@
+"""The access gate as a pure function of context, session and method."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from zeusd.gpu.backend import NvmlBackend
+from zeusd.gpu.commands import GpuTable
+from zeusd.rpc.access import allowed_groups, check_access
+from zeusd.rpc.context import Context
+from zeusd.rpc.errors import AuthRequiredError, GroupDisabledError, PermissionDeniedError
+from zeusd.rpc.methods import build_methods
+from zeusd.rpc.session import Session
+from zeusd.sim import SimNvml, default_sim_gpus
+
+METHODS = build_methods()
+_backend = NvmlBackend.open(SimNvml(default_sim_gpus(1)), name="sim")
+
+
+def _context(**kwargs: Any) -> Context:
+    fields: dict[str, Any] = {
+        "version": "t",
+        "backend": "sim",
+        "gpus": GpuTable(_backend.infos),
+        "devices": _backend.devices,
+        "lanes": None,
+        "enabled_groups": ("gpu-control", "gpu-read"),
+    }
+    return Context(**(fields | kwargs))
+
+
+WRITE = METHODS["gpu.set_power_limit"]
+READ = METHODS["gpu.get_power"]
+
+
+def test_everyone_may_do_everything_by_default() -> None:
+    """Without policy flags, any local user may write."""
+    check_access(_context(), Session(transport="uds", uid=1000, gid=1000), WRITE)
+
+
+def test_root_is_always_allowed() -> None:
+    """uid 0 passes --control-uids even when not listed."""
+    ctx = _context(control_uids=frozenset({5}))
+    check_access(ctx, Session(transport="uds", uid=0, gid=0, groups=(0,)), WRITE)
+
+
+def test_supplementary_group_counts() -> None:
+    """Membership through a supplementary group satisfies --control-gids."""
+    ctx = _context(control_gids=frozenset({77}))
+    check_access(ctx, Session(transport="uds", uid=1000, gid=1000, groups=(1000, 77)), WRITE)
+    with pytest.raises(PermissionDeniedError):
+        check_access(ctx, Session(transport="uds", uid=1000, gid=77, groups=(1000,)), WRITE)
+
+
+def test_reads_stay_open_under_control_policy() -> None:
+    """--control-uids limits writes only."""
+    ctx = _context(control_uids=frozenset({5}))
+    session = Session(transport="uds", uid=1000, gid=1000)
+    check_access(ctx, session, READ)
+    assert allowed_groups(ctx, session) == ["gpu-read"]
+
+
+def test_unidentified_tcp_cannot_write_under_policy() -> None:
+    """A TCP peer has no uid, so a uid policy refuses it gpu-control."""
+    ctx = _context(control_uids=frozenset({5}))
+    with pytest.raises(PermissionDeniedError, match="no user identity"):
+        check_access(ctx, Session(transport="tcp"), WRITE)
+
+
+def test_disabled_group_is_checked_before_auth() -> None:
+    """A disabled group answers -32004 even before authentication."""
+    ctx = _context(enabled_groups=("gpu-read",), token_transports=frozenset({"tcp"}))
+    with pytest.raises(GroupDisabledError):
+        check_access(ctx, Session(transport="tcp"), WRITE)
+    with pytest.raises(AuthRequiredError):
+        check_access(ctx, Session(transport="tcp"), READ)
+
+
+@pytest.mark.parametrize("name", ["discover", "time", "rpc.discover", "session.authenticate"])
+def test_open_before_auth(name: str) -> None:
+    """The four methods a client needs to find the daemon and log in stay open."""
+    ctx = _context(token_transports=frozenset({"tcp"}))
+    check_access(ctx, Session(transport="tcp"), METHODS[name])
+
+
+def test_unix_socket_needs_no_token() -> None:
+    """--token-key requires tokens on TCP only; Unix peers are identified by the kernel."""
+    ctx = _context(token_transports=frozenset({"tcp"}))
+    check_access(ctx, Session(transport="uds", uid=1000, gid=1000), WRITE)

@@ -1,0 +1,120 @@
+"""Session tokens: issuing, checking, and guarding the key file."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jwt
+import pytest
+
+from zeusd import tokens
+
+KEY = b"k" * 32
+
+
+def test_issued_token_verifies_with_its_claims() -> None:
+    """A token carries its subject, scopes and expiry through verification."""
+    token = tokens.issue(KEY, "alice", ["gpu-read"], 3600)
+    claims = tokens.verify(KEY, token)
+    assert claims.subject == "alice"
+    assert claims.scopes == ("gpu-read",)
+    assert claims.expires_at is not None
+    assert claims.expires_at > time.time()
+
+
+def test_never_expiring_token_has_no_expiry() -> None:
+    """``--expires never`` gives a token without ``exp``."""
+    claims = tokens.verify(KEY, tokens.issue(KEY, "ci", ["gpu-control"], None))
+    assert claims.expires_at is None
+
+
+def test_expired_token_is_refused() -> None:
+    """A token past its expiry is refused with a message saying so."""
+    token = tokens.issue(KEY, "bob", ["gpu-read"], 60, now=time.time() - 3600)
+    with pytest.raises(tokens.TokenError, match="expired"):
+        tokens.verify(KEY, token)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        tokens.issue(b"x" * 32, "eve", ["gpu-control"], None),  # another daemon's key
+        jwt.encode({"iss": "zeusd", "sub": "eve", "iat": 1, "scopes": []}, None, "none"),
+        jwt.encode({"sub": "eve", "iat": 1, "scopes": []}, KEY, "HS256"),  # no issuer
+        jwt.encode({"iss": "zeusd", "sub": "eve", "iat": 1, "scopes": "gpu-control"}, KEY),
+        "not.a.token",
+        "",
+    ],
+)
+def test_forged_or_malformed_tokens_are_refused(token: str) -> None:
+    """Wrong key, alg none, missing issuer, bad scopes and garbage are all refused."""
+    with pytest.raises(tokens.TokenError):
+        tokens.verify(KEY, token)
+
+
+def test_tampered_payload_is_refused() -> None:
+    """Changing the payload breaks the signature."""
+    header, _payload, signature = tokens.issue(KEY, "a", ["gpu-read"], None).split(".")
+    forged = jwt.encode({"iss": "zeusd", "sub": "a", "iat": 1, "scopes": ["gpu-control"]}, "k" * 32)
+    assert tokens.verify(KEY, forged).scopes == ("gpu-control",)  # control: same key works
+    other_payload = forged.split(".")[1]
+    with pytest.raises(tokens.TokenError):
+        tokens.verify(KEY, f"{header}.{other_payload}.{signature}")
+
+
+def _key_file(directory: str, mode: int, content: bytes = KEY) -> str:
+    path = os.path.join(directory, "key")
+    with open(path, "wb") as f:
+        f.write(content)
+    os.chmod(path, mode)
+    return path
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o602, 0o644])
+def test_key_accessible_to_others_is_refused(tmp_path: str, mode: int) -> None:
+    """A key file group or others can read or write is refused, naming the fix."""
+    path = _key_file(str(tmp_path), mode)
+    with pytest.raises(tokens.TokenKeyError, match="chmod 600"):
+        tokens.load_key(path)
+
+
+def test_private_key_is_loaded(tmp_path: str) -> None:
+    """A 0600 (or 0400) key file is read whole."""
+    assert tokens.load_key(_key_file(str(tmp_path), 0o400)) == KEY
+
+
+def test_short_key_is_refused(tmp_path: str) -> None:
+    """A key shorter than 32 bytes is refused."""
+    with pytest.raises(tokens.TokenKeyError, match="at least 32"):
+        tokens.load_key(_key_file(str(tmp_path), 0o600, b"secret\n"))
+
+
+def test_key_through_symlink_is_refused(tmp_path: str) -> None:
+    """The key is not read through a symlink (whose target's mode was not checked)."""
+    target = _key_file(str(tmp_path), 0o600)
+    link = os.path.join(str(tmp_path), "link")
+    os.symlink(target, link)
+    with pytest.raises(tokens.TokenKeyError, match="cannot open"):
+        tokens.load_key(link)
+
+
+def test_missing_key_is_refused(tmp_path: str) -> None:
+    """A missing key file is a clear error."""
+    with pytest.raises(tokens.TokenKeyError, match="cannot open"):
+        tokens.load_key(os.path.join(str(tmp_path), "absent"))
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("never", None), ("90s", 90), ("15m", 900), ("1h", 3600), ("7d", 604800)]
+)
+def test_parse_expiry(text: str, seconds: int | None) -> None:
+    """Durations and ``never`` parse to seconds."""
+    assert tokens.parse_expiry(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0h", "1w", "h", "-1h", "1.5h", "forever"])
+def test_parse_expiry_rejects(text: str) -> None:
+    """Anything else is refused."""
+    with pytest.raises(ValueError, match="duration"):
+        tokens.parse_expiry(text)
