@@ -138,3 +138,23 @@ async def test_busy_lane_takes_turns_with_a_waiting_one() -> None:
         lanes.close()
     assert order.index("gpu1") < 150
     assert [o for o in order if o != "gpu1"] == [f"gpu0-{n}" for n in range(200)]
+
+
+async def test_detached_job_runs_with_nobody_waiting() -> None:
+    """A job queued with submit_detached runs, and the lane moves on past it."""
+    lanes = GpuLanes(1, trio.CapacityLimiter(1))
+    ran: list[str] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lanes.run)
+        lanes.submit_detached(0, lambda: ran.append("restore"))
+        after = lanes.submit(0, lambda: ran.append("next"))
+        with trio.fail_after(5):
+            await lanes.wait(0, after)
+        lanes.close()
+    assert ran == ["restore", "next"]
+
+
+async def test_detached_submit_needs_running_lanes() -> None:
+    """Without run() nobody could ever drive a detached job, so it is refused."""
+    with pytest.raises(LaneClosedError):
+        GpuLanes(1, trio.CapacityLimiter(1)).submit_detached(0, lambda: None)
