@@ -14,11 +14,13 @@ from zeusd import __version__
 from zeusd.app import open_backend, serve
 from zeusd.config import (
     DEFAULT_MAX_LINE_BYTES,
+    DEFAULT_RAPL_ROOT,
     DEFAULT_SIM_GPUS,
     DEFAULT_SOCKET_PATH,
     DEFAULT_TCP_BIND_ADDRESS,
     Config,
 )
+from zeusd.rpc.methods import API_GROUPS
 from zeusd.server.listeners import StartupError, parse_host_port
 
 log = logging.getLogger("zeusd")
@@ -63,6 +65,18 @@ def _host_port(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _groups(text: str) -> tuple[str, ...]:
+    names = [name.strip() for name in text.split(",")]
+    unknown = [name for name in names if name not in API_GROUPS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown API group {unknown[0]!r} (groups: {', '.join(API_GROUPS)})"
+        )
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"a group is listed twice (got {text!r})")
+    return tuple(names)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zeusd",
@@ -102,6 +116,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_LINE_BYTES,
         help="longest request line accepted (%(default)s)",
     )
+    parser.add_argument(
+        "--enable",
+        type=_groups,
+        metavar="GROUPS",
+        help=f"comma list of API groups to serve ({','.join(API_GROUPS)}); default: every "
+        "group this node can serve (cpu-read only where the RAPL tree exists)",
+    )
+    parser.add_argument(
+        "--rapl-root",
+        metavar="DIR",
+        default=DEFAULT_RAPL_ROOT,
+        help="powercap sysfs tree for cpu-read (%(default)s)",
+    )
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     return parser
 
@@ -135,6 +162,8 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         sim_config=args.sim_config,
         max_line_bytes=args.max_line_bytes,
         log_level=args.log_level,
+        enable=args.enable,
+        rapl_root=args.rapl_root,
     )
 
 

@@ -10,6 +10,7 @@ DEFAULT_SOCKET_PATH = "/var/run/zeusd.sock"
 DEFAULT_TCP_BIND_ADDRESS = "127.0.0.1:4938"
 DEFAULT_MAX_LINE_BYTES = 1024 * 1024
 DEFAULT_SIM_GPUS = 4
+DEFAULT_RAPL_ROOT = "/sys/class/powercap"
 
 
 @attrs.frozen(kw_only=True)
@@ -28,3 +29,6 @@ class Config:
     sim_config: str | None = None
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     log_level: str = "info"
+    #: API groups named by --enable; None: every group the node can serve.
+    enable: tuple[str, ...] | None = None
+    rapl_root: str = DEFAULT_RAPL_ROOT

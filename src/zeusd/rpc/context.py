@@ -1,4 +1,5 @@
-"""What every method handler can reach: the node's GPUs, their lanes and the daemon's facts."""
+"""What every method handler can reach: the node's GPUs and CPUs, their lanes, the power
+hubs and the daemon's facts."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from typing import Any
 import attrs
 from jsonrpcserver.result import Success
 
+from zeusd.cpu.table import CpuTable
 from zeusd.gpu.backend import NvmlCallError, NvmlDevice
 from zeusd.gpu.commands import GpuCommand, GpuTable
 from zeusd.gpu.lanes import GpuLanes
 from zeusd.rpc.errors import DeviceError
+from zeusd.stream.hub import PowerHub
 
 
 @attrs.frozen(kw_only=True)
@@ -25,6 +28,11 @@ class Context:
     lanes: GpuLanes
     enabled_groups: tuple[str, ...]
     auth_required: bool = False
+    #: RAPL CPUs; empty unless cpu-read is enabled.
+    cpus: CpuTable = attrs.field(factory=CpuTable)
+    #: Power subscriptions; None where the daemon runs without them (unit tests).
+    gpu_power: PowerHub | None = None
+    cpu_power: PowerHub | None = None
 
     def submit(self, command: GpuCommand) -> Awaitable[Any]:
         """Queue *command* on each target GPU's lane now; await the result later.

@@ -2,6 +2,13 @@
 
 Requests of a connection run concurrently: each one that has GPU work gets its own task and
 its reply is written when it completes, so a slow GPU never holds up a read of another.
+
+The connection is also its session's :class:`~zeusd.rpc.session.Outbox`: subscription
+notifications wait in one slot per subscription (newest replaces unsent older) and a writer
+task sends them, taking the same send lock as replies, so lines never interleave. A
+subscription's lines are held back until the reply that created it has been written, and an
+unsubscribe empties its slot before its reply is written, so no notification comes before
+its subscribe response or after its unsubscribe response.
 """
 
 from __future__ import annotations
@@ -40,22 +47,87 @@ class Connection:
         # Only the wait for more bytes is cancelled on drain: a reply being written is never
         # cut in half.
         self._receive_scope = trio.CancelScope()
+        self._done = trio.Event()
+        # Outbox state: subscriptions whose creating reply is not out yet (with their newest
+        # line, if any), subscriptions that may be written, and their unsent lines in order.
+        self._held: dict[str, bytes | None] = {}
+        self._open: set[str] = set()
+        self._ready: dict[str, bytes] = {}
+        self._has_ready = trio.Event()
+        self._line_keys: list[str] | None = None
+        session.outbox = self
 
     def drain(self) -> None:
         """Stop reading new requests; the ones in flight finish and are answered."""
         self._stop_reading = True
         self._receive_scope.cancel()
+        self._done.set()
 
     async def serve(self) -> None:
         try:
-            async with trio.open_nursery() as in_flight:
-                if not await self._read_loop(in_flight):
-                    # Hang up now, but let in-flight requests finish: their GPU work is
-                    # queued already, and a failed notification must still be logged.
-                    # Their replies have nowhere to go and are dropped in _send.
-                    await trio.aclose_forcefully(self._stream)
+            async with trio.open_nursery() as writer:
+                writer.start_soon(self._write_notifications)
+                async with trio.open_nursery() as in_flight:
+                    if not await self._read_loop(in_flight):
+                        # Hang up now, but let in-flight requests finish: their GPU work is
+                        # queued already, and a failed notification must still be logged.
+                        # Their replies have nowhere to go and are dropped in _send.
+                        await trio.aclose_forcefully(self._stream)
+                        self._done.set()
+                if self.session.subscriptions:
+                    # The client half-closed but may still be reading (`socat -t 10`):
+                    # stream until it hangs up (a write fails) or the daemon drains.
+                    await self._done.wait()
+                writer.cancel_scope.cancel()
         finally:
+            self.session.end_subscriptions()
             await trio.aclose_forcefully(self._stream)
+
+    # -- Outbox ----------------------------------------------------------------------------
+
+    def register(self, key: str) -> None:
+        self._held[key] = None
+        if self._line_keys is not None:
+            self._line_keys.append(key)
+
+    def put(self, key: str, line: bytes) -> None:
+        if key in self._held:
+            self._held[key] = line
+        elif key in self._open:
+            self._ready.pop(key, None)  # re-insert: slots go out oldest-first
+            self._ready[key] = line
+            self._has_ready.set()
+
+    def drop(self, key: str) -> None:
+        self._held.pop(key, None)
+        self._open.discard(key)
+        self._ready.pop(key, None)
+
+    def _release(self, keys: list[str]) -> None:
+        """The reply that created *keys* is written: their notifications may follow."""
+        for key in keys:
+            if key in self._held:
+                line = self._held.pop(key)
+                self._open.add(key)
+                if line is not None:
+                    self._ready[key] = line
+                    self._has_ready.set()
+
+    async def _write_notifications(self) -> None:
+        while True:
+            await self._has_ready.wait()
+            async with self._send_lock:
+                # Taken under the lock: an unsubscribe answered meanwhile has emptied its slot.
+                if self._ready:
+                    key = next(iter(self._ready))
+                    line = self._ready.pop(key)
+                    try:
+                        await self._stream.send_all(line)
+                    except _GONE:
+                        self.drain()
+                        return
+            if not self._ready:
+                self._has_ready = trio.Event()
 
     async def _read_loop(self, in_flight: trio.Nursery) -> bool:
         """Read until EOF or drain (True) or until the peer is gone or broke framing (False)."""
@@ -83,19 +155,26 @@ class Connection:
         return True
 
     async def _handle(self, line: bytes, in_flight: trio.Nursery) -> None:
-        reply = self._dispatcher.handle_line(line, self.session)
+        keys: list[str] = []
+        self._line_keys = keys
+        try:
+            reply = self._dispatcher.handle_line(line, self.session)
+        finally:
+            self._line_keys = None
         if reply is None:
-            return
-        if isinstance(reply, bytes):
+            self._release(keys)
+        elif isinstance(reply, bytes):
             await self._send(reply)
+            self._release(keys)
         elif inspect.isawaitable(reply):
-            in_flight.start_soon(self._finish, reply)
+            in_flight.start_soon(self._finish, reply, keys)
 
-    async def _finish(self, reply: object) -> None:
+    async def _finish(self, reply: object, keys: list[str]) -> None:
         assert inspect.isawaitable(reply)
         data = await reply
         if data is not None:
             await self._send(data)
+        self._release(keys)
 
     async def _send(self, data: bytes) -> None:
         async with self._send_lock:
