@@ -23,6 +23,7 @@ from process_helpers import (
     run_zeusd,
     running_daemon,
     short_tempdir,
+    start_daemon,
 )
 
 pytestmark = pytest.mark.process
@@ -129,3 +130,22 @@ def test_enable_cpu_read_without_rapl_fails_with_the_path(tree_dir: str) -> None
     assert done.returncode == 1
     assert f"cpu-read: no RAPL powercap tree at {missing}" in done.stderr
     assert not os.path.exists(os.path.join(tree_dir, "x.sock"))
+
+
+def test_sigterm_ends_streams_promptly(tree_dir: str) -> None:
+    """A daemon with live subscribers stops cleanly on SIGTERM and closes their connections."""
+    path = os.path.join(tree_dir, "t.sock")
+    daemon = start_daemon(socket_path=path)
+    try:
+        with daemon.connect() as conn:
+            conn.result("gpu.subscribe_power", interval_ms=10)
+            collect(conn, 3)
+            started = time.monotonic()
+            assert daemon.stop() == 0
+            assert time.monotonic() - started < 5  # not the 10 s drain grace
+            while conn.read_line():  # the rest of the stream, then EOF
+                pass
+    finally:
+        daemon.stop()
+    assert "forced" not in daemon.log
+    assert "did not finish" not in daemon.log

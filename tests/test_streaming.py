@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from typing import Any
 
 import pytest
@@ -175,6 +176,24 @@ async def test_failing_gpu_is_left_out_and_logged_once(
     warnings = [r.getMessage() for r in caplog.records if r.name == "zeusd.stream.hub"]
     assert len(warnings) == 1
     assert "GPU 1" in warnings[0]
+
+
+async def test_a_stalled_reader_neither_grows_nor_slows_others(daemon: SimDaemon) -> None:
+    """A client that stops reading holds one line per subscription; others stream on."""
+    stalled = await daemon.connect()
+    stalled.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    for _ in range(20):
+        await answer(stalled, "gpu.subscribe_power", {"interval_ms": 10})
+    await trio.sleep(1.0)  # its socket buffers fill; the daemon's writes to it block
+    reader = await daemon.connect()
+    await reader.result("gpu.subscribe_power", {"gpu_ids": [0], "interval_ms": 10})
+    got = await notifications(reader, 0.5)
+    assert len(got) >= 15  # ~50 expected; wide margin for a loaded machine
+    pending = [len(c._ready) + len(c._held) for c in daemon.running.server._connections]
+    assert max(pending) <= 20  # one per subscription at most
+    assert max(pending) >= 1  # the stalled one really is backed up
+    await reader.aclose()
+    await stalled.aclose()
 
 
 async def test_slow_reader_keeps_only_the_newest_line() -> None:
