@@ -25,6 +25,8 @@ from zeusd.rpc.session import Session
 log = logging.getLogger(__name__)
 
 RECEIVE_BYTES = 65536
+#: At close, how long a notification line already being written may take to finish.
+WRITE_GRACE_S = 1.0
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
@@ -55,6 +57,8 @@ class Connection:
         self._ready: dict[str, bytes] = {}
         self._has_ready = trio.Event()
         self._line_keys: list[str] | None = None
+        self._closing = False
+        self._writer_done = trio.Event()
         session.outbox = self
 
     def drain(self) -> None:
@@ -78,6 +82,12 @@ class Connection:
                     # The client half-closed but may still be reading (`socat -t 10`):
                     # stream until it hangs up (a write fails) or the daemon drains.
                     await self._done.wait()
+                # Let a line being written finish (a reader gets no half line), but do not
+                # wait long on a client that stopped reading.
+                self._closing = True
+                self._has_ready.set()
+                with trio.move_on_after(WRITE_GRACE_S):
+                    await self._writer_done.wait()
                 writer.cancel_scope.cancel()
         finally:
             self.session.end_subscriptions()
@@ -114,20 +124,25 @@ class Connection:
                     self._has_ready.set()
 
     async def _write_notifications(self) -> None:
-        while True:
-            await self._has_ready.wait()
-            async with self._send_lock:
-                # Taken under the lock: an unsubscribe answered meanwhile has emptied its slot.
-                if self._ready:
-                    key = next(iter(self._ready))
-                    line = self._ready.pop(key)
-                    try:
-                        await self._stream.send_all(line)
-                    except _GONE:
-                        self.drain()
-                        return
-            if not self._ready:
-                self._has_ready = trio.Event()
+        try:
+            while True:
+                await self._has_ready.wait()
+                if self._closing:
+                    return
+                async with self._send_lock:
+                    # Taken under the lock: an unsubscribe answered meanwhile emptied its slot.
+                    if self._ready:
+                        key = next(iter(self._ready))
+                        line = self._ready.pop(key)
+                        try:
+                            await self._stream.send_all(line)
+                        except _GONE:
+                            self.drain()
+                            return
+                if not self._ready:
+                    self._has_ready = trio.Event()
+        finally:
+            self._writer_done.set()
 
     async def _read_loop(self, in_flight: trio.Nursery) -> bool:
         """Read until EOF or drain (True) or until the peer is gone or broke framing (False)."""
