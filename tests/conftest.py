@@ -87,6 +87,8 @@ async def start_sim_daemon(
     sim = SimNvml(specs)
     backend = NvmlBackend.open(sim, name="sim")
     sim.arm()
+    # The host's own RAPL tree must not change what the tests see.
+    config.setdefault("rapl_root", os.path.join(directory, "no-powercap"))
     cfg = Config(gpu_backend="sim", socket_path=path, num_workers=4, **config)
     running = await nursery.start(lambda **kw: serve(cfg, backend, handle_signals=False, **kw))
     return SimDaemon(running, sim, path)

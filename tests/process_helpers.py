@@ -47,9 +47,13 @@ def _reject_constant(name: str) -> Any:
 
 
 def check_message(message: Any) -> None:
-    """Assert *message* is one JSON-RPC 2.0 response object."""
+    """Assert *message* is one JSON-RPC 2.0 response object or subscription notification."""
     assert isinstance(message, dict), message
     assert message.get("jsonrpc") == "2.0", message
+    if "method" in message:
+        assert set(message) == {"jsonrpc", "method", "params"}, message
+        assert message["method"] in ("gpu.power", "cpu.power"), message
+        return
     assert "id" in message, message
     assert set(message) <= {"jsonrpc", "id", "result", "error"}, message
     assert ("result" in message) != ("error" in message), message
@@ -229,6 +233,9 @@ def start_daemon(
     With *socket_path* it listens there (``--socket-path``); the caller owns the directory.
     """
     argv = ["--gpu-backend", "sim", *args]
+    if not any(arg.startswith("--rapl-root") for arg in args):
+        # The host's own RAPL tree must not change what the tests see.
+        argv.append("--rapl-root=/nonexistent/zeusd-test-powercap")
     if socket_path is not None:
         argv += ["--socket-path", socket_path]
     if sim_gpus is not None:

@@ -183,3 +183,27 @@ def test_out_of_range_limit_never_reaches_the_driver(nvml: Any, client: Client) 
     response = client.call("gpu.set_power_limit", gpu_ids=[0], power_limit_mw=2**32 + low)
     assert response["error"]["code"] == -32602
     assert nvml.nvmlDeviceGetPowerManagementLimit(handle) == before
+
+
+def test_power_stream_from_the_real_gpu(client: Client) -> None:
+    """gpu.subscribe_power streams positive readings of GPU 0; unsubscribe ends it."""
+    sub = client.result("gpu.subscribe_power", gpu_ids=[0], interval_ms=50)["subscription"]
+    notes = [json.loads(client.file.readline()) for _ in range(5)]
+    assert all(n["method"] == "gpu.power" for n in notes)
+    assert all(n["params"]["power_mw"]["0"] > 0 for n in notes)
+    request = {"jsonrpc": "2.0", "method": "unsubscribe", "params": {"subscription": sub}, "id": 0}
+    client.sock.sendall(json.dumps(request).encode() + b"\n")
+    while "id" not in (reply := json.loads(client.file.readline())):
+        pass
+    assert reply["result"] is True
+
+
+def test_rapl_energy_grows_where_the_node_has_rapl(client: Client) -> None:
+    """On a node with RAPL, cpu.get_cumulative_energy grows between two reads."""
+    if "cpu-read" not in client.result("discover")["enabled_api_groups"]:
+        pytest.skip("no usable RAPL tree on this node")
+    first = client.result("cpu.get_cumulative_energy")
+    time.sleep(0.2)
+    second = client.result("cpu.get_cumulative_energy")
+    for cpu, values in first.items():
+        assert second[cpu]["cpu_energy_uj"] > values["cpu_energy_uj"]

@@ -11,17 +11,21 @@ import trio
 
 from zeusd import __version__
 from zeusd.config import Config
+from zeusd.cpu.rapl import RaplCpu, RaplUnavailableError, open_rapl
+from zeusd.cpu.table import CpuTable
 from zeusd.gpu.backend import NvmlBackend, NvmlCallError
 from zeusd.gpu.commands import GpuTable
 from zeusd.gpu.lanes import GpuLanes
 from zeusd.rpc.context import Context
 from zeusd.rpc.dispatch import Dispatcher
-from zeusd.rpc.methods import API_GROUPS, build_methods
+from zeusd.rpc.methods import API_GROUPS, CPU_READ, build_methods
 from zeusd.rpc.session import Session
 from zeusd.server import listeners
 from zeusd.server.daemon import Server, stop_on_signals
 from zeusd.server.listeners import StartupError
 from zeusd.sim import SimConfigError, SimNvml, default_sim_gpus, load_sim_config
+from zeusd.stream.hub import PowerHub
+from zeusd.stream.sources import CpuPowerSource, GpuPowerSource
 
 log = logging.getLogger(__name__)
 #: The readiness line goes through its own logger, which cli.py keeps at INFO whatever
@@ -49,6 +53,22 @@ def open_backend(config: Config) -> NvmlBackend:
         raise StartupError(f"cannot initialise NVML: {exc}") from exc
 
 
+def enabled_groups(config: Config) -> tuple[tuple[str, ...], tuple[RaplCpu, ...]]:
+    """The API groups to serve and the RAPL CPUs. Raises StartupError for a group named in
+    --enable that this node cannot serve."""
+    cpus: tuple[RaplCpu, ...] = ()
+    wanted = API_GROUPS if config.enable is None else config.enable
+    if CPU_READ in wanted:
+        try:
+            cpus = open_rapl(config.rapl_root)
+        except RaplUnavailableError as exc:
+            if config.enable is not None:
+                raise StartupError(f"--enable {CPU_READ}: {exc}") from None
+            log.info("%s disabled: %s", CPU_READ, exc)
+            wanted = tuple(g for g in wanted if g != CPU_READ)
+    return tuple(g for g in API_GROUPS if g in wanted), cpus
+
+
 def _nothing() -> None:
     pass
 
@@ -74,6 +94,7 @@ class Running:
 
     address: str
     server: Server
+    context: Context
 
 
 async def serve(
@@ -84,14 +105,23 @@ async def serve(
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen and serve until stopped. Raises StartupError before ``started``."""
+    groups, cpus = enabled_groups(config)
     lanes = GpuLanes(len(backend.devices), trio.CapacityLimiter(config.num_workers))
+    cpu_table = CpuTable(cpus)
+    gpu_power = PowerHub(
+        "gpu.power", GpuPowerSource(backend.devices, lanes), range(len(backend.devices))
+    )
+    cpu_power = PowerHub("cpu.power", CpuPowerSource(cpus), (cpu.id for cpu in cpus))
     context = Context(
         version=__version__,
         backend=backend.name,
         gpus=GpuTable(backend.infos),
         devices=backend.devices,
         lanes=lanes,
-        enabled_groups=API_GROUPS,
+        enabled_groups=groups,
+        cpus=cpu_table,
+        gpu_power=gpu_power,
+        cpu_power=cpu_power,
         token_key=config.token_key,
         # A token on a Unix socket is optional (it narrows or widens nothing the peer's
         # uid does not already say); TCP has no peer identity, so there it is required.
@@ -134,17 +164,24 @@ async def serve(
             if handle_signals:
                 # Catch signals before announcing readiness, so none can kill us uncleanly.
                 await nursery.start(stop_on_signals, server)
+            # The hubs sleep on an event while nobody subscribes; they end with the nursery.
+            await nursery.start(gpu_power.run)
+            await nursery.start(cpu_power.run)
+            await nursery.start(cpu_table.track_wraps)
             await nursery.start(server.run, listener, on_closed)
             count = len(backend.devices)
             ready_log.info(
-                "zeusd %s listening on %s (%s backend, %d GPU%s)",
+                "zeusd %s listening on %s (%s backend, %d GPU%s, %d RAPL CPU%s; groups %s)",
                 __version__,
                 address,
                 backend.name,
                 count,
                 "" if count == 1 else "s",
+                len(cpus),
+                "" if len(cpus) == 1 else "s",
+                ",".join(groups) or "none",
             )
-            task_status.started(Running(address, server))
+            task_status.started(Running(address, server, context))
             await server.wait_stopped()
             nursery.cancel_scope.cancel()  # the signal watcher runs forever otherwise
     finally:

@@ -20,11 +20,13 @@ from zeusd.config import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_LINE_BYTES,
+    DEFAULT_RAPL_ROOT,
     DEFAULT_SIM_GPUS,
     DEFAULT_SOCKET_PATH,
     DEFAULT_TCP_BIND_ADDRESS,
     Config,
 )
+from zeusd.rpc.methods import API_GROUPS
 from zeusd.server.listeners import StartupError, parse_host_port
 
 log = logging.getLogger("zeusd")
@@ -95,6 +97,18 @@ def _host_port(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _groups(text: str) -> tuple[str, ...]:
+    names = [name.strip() for name in text.split(",")]
+    unknown = [name for name in names if name not in API_GROUPS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown API group {unknown[0]!r} (groups: {', '.join(API_GROUPS)})"
+        )
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"a group is listed twice (got {text!r})")
+    return tuple(names)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zeusd",
@@ -134,6 +148,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=DEFAULT_MAX_LINE_BYTES,
         help="longest request line accepted (%(default)s)",
+    )
+    parser.add_argument(
+        "--enable",
+        type=_groups,
+        metavar="GROUPS",
+        help=f"comma list of API groups to serve ({','.join(API_GROUPS)}); default: every "
+        "group this node can serve (cpu-read only where the RAPL tree exists)",
+    )
+    parser.add_argument(
+        "--rapl-root",
+        metavar="DIR",
+        default=DEFAULT_RAPL_ROOT,
+        help="powercap sysfs tree for cpu-read (%(default)s)",
     )
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     parser.add_argument(
@@ -247,6 +274,8 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         max_in_flight=args.max_in_flight,
         max_batch=args.max_batch,
         client_timeout=args.client_timeout,
+        enable=args.enable,
+        rapl_root=args.rapl_root,
     )
 
 

@@ -14,6 +14,7 @@ DEFAULT_MAX_CONNECTIONS = 1024
 DEFAULT_MAX_IN_FLIGHT = 64
 DEFAULT_MAX_BATCH = 256
 DEFAULT_CLIENT_TIMEOUT_S = 30.0
+DEFAULT_RAPL_ROOT = "/sys/class/powercap"
 
 
 @attrs.frozen(kw_only=True)
@@ -44,3 +45,6 @@ class Config:
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     max_batch: int = DEFAULT_MAX_BATCH
     client_timeout: float = DEFAULT_CLIENT_TIMEOUT_S
+    #: API groups named by --enable; None: every group the node can serve.
+    enable: tuple[str, ...] | None = None
+    rapl_root: str = DEFAULT_RAPL_ROOT

@@ -39,18 +39,31 @@ class LaneClosedError(Exception):
 class Job:
     """A blocking call queued on one GPU's lane, and its eventual outcome."""
 
-    __slots__ = ("_wake", "fn", "result")
+    __slots__ = ("_done", "_wake", "fn", "result")
 
     def __init__(self, fn: Callable[[], Any]) -> None:
         self.fn = fn
         self.result: outcome.Outcome[Any] | None = None
         # Set when the result is in, or when this job's owner must start a worker.
         self._wake = trio.Event()
+        # Made only for watch(), which most jobs never need.
+        self._done: trio.Event | None = None
 
     def finish(self, result: outcome.Outcome[Any]) -> None:
         if self.result is None:  # an abandoned worker may report after the daemon gave up
             self.result = result
             self._wake.set()
+            if self._done is not None:
+                self._done.set()
+
+    async def watch(self) -> outcome.Outcome[Any]:
+        """Wait for the outcome without driving the lane (for detached jobs)."""
+        if self.result is None:
+            if self._done is None:
+                self._done = trio.Event()
+            await self._done.wait()
+        assert self.result is not None
+        return self.result
 
 
 class _Demand:

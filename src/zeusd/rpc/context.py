@@ -1,4 +1,5 @@
-"""What every method handler can reach: the node's GPUs, their lanes and the daemon's facts."""
+"""What every method handler can reach: the node's GPUs and CPUs, their lanes, the power
+hubs and the daemon's facts."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import trio
 from jsonrpcserver.result import Success
 from outcome import Outcome
 
+from zeusd.cpu.table import CpuTable
 from zeusd.gpu.backend import NvmlCallError, NvmlDevice
 from zeusd.gpu.commands import GpuCommand, GpuTable
 from zeusd.gpu.lanes import GpuLanes, Job
 from zeusd.gpu.ledger import SettingsLedger
 from zeusd.rpc.errors import DeviceError
+from zeusd.stream.hub import PowerHub
 
 
 @attrs.frozen(kw_only=True)
@@ -37,6 +40,11 @@ class Context:
     control_gids: frozenset[int] = frozenset()
     #: Who changed which GPU setting, and what it was before; see zeusd.gpu.ledger.
     ledger: SettingsLedger = attrs.field(factory=SettingsLedger)
+    #: RAPL CPUs; empty unless cpu-read is enabled.
+    cpus: CpuTable = attrs.field(factory=CpuTable)
+    #: Power subscriptions; None where the daemon runs without them (unit tests).
+    gpu_power: PowerHub | None = None
+    cpu_power: PowerHub | None = None
 
     @property
     def auth_required(self) -> bool:

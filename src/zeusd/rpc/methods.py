@@ -17,16 +17,19 @@ import attrs
 from jsonrpcserver.result import Result, Success
 
 from zeusd.gpu import commands as cmd
+from zeusd.rpc import streaming
 from zeusd.rpc.context import Context
 from zeusd.rpc.omitted import OMITTED
 from zeusd.rpc.session import Session
+from zeusd.stream.hub import DEFAULT_INTERVAL_MS, MAX_INTERVAL_MS, MIN_INTERVAL_MS
 
 Handler = Callable[..., "Result | Awaitable[Result]"]
 Schema = dict[str, Any]
 
 GPU_CONTROL = "gpu-control"
 GPU_READ = "gpu-read"
-API_GROUPS = (GPU_CONTROL, GPU_READ)
+CPU_READ = "cpu-read"
+API_GROUPS = (GPU_CONTROL, GPU_READ, CPU_READ)
 
 
 @attrs.frozen
@@ -85,6 +88,10 @@ def _by_gpu(value: Schema) -> Schema:
     return {"type": "object", "description": "Keyed by GPU id.", "additionalProperties": value}
 
 
+def _by_cpu(value: Schema) -> Schema:
+    return {"type": "object", "description": "Keyed by CPU id.", "additionalProperties": value}
+
+
 _APPLIED = _object(applied={"type": "array", "items": _INT})
 
 
@@ -120,7 +127,7 @@ def _discover(ctx: Context, session: Session) -> Result:
             "version": ctx.version,
             "backend": ctx.backend,
             "gpus": [info.describe() for info in ctx.gpus.infos],
-            "cpus": [],
+            "cpus": [cpu.describe() for cpu in ctx.cpus.cpus],
             "enabled_api_groups": list(ctx.enabled_groups),
             "auth_required": ctx.auth_required,
         }
@@ -136,6 +143,78 @@ def _clock_params() -> tuple[Param, Param]:
         Param("min_clock_mhz", _UINT32, "Lowest clock to allow, MHz.", required=True),
         Param("max_clock_mhz", _UINT32, "Highest clock to allow, MHz (>= min).", required=True),
     )
+
+
+_CPU_IDS: Schema = {**_GPU_IDS}
+
+
+def _cpu_ids() -> Param:
+    return Param("cpu_ids", _CPU_IDS, "CPU package ids to read (distinct); omitted: every CPU.")
+
+
+def _interval() -> Param:
+    return Param(
+        "interval_ms",
+        {"type": "integer", "minimum": MIN_INTERVAL_MS, "maximum": MAX_INTERVAL_MS},
+        f"Milliseconds between notifications ({DEFAULT_INTERVAL_MS}).",
+        default=DEFAULT_INTERVAL_MS,
+    )
+
+
+_SUBSCRIPTION = _object(subscription={"type": "string"})
+_NULLABLE_INT: Schema = {"type": ["integer", "null"]}
+
+
+def _stream_methods() -> list[MethodSpec]:
+    return [
+        MethodSpec(
+            "gpu.subscribe_power",
+            "Stream GPU power: 'gpu.power' notifications {subscription, timestamp_ms, power_mw}.",
+            GPU_READ,
+            (_gpu_ids(required=False), _interval()),
+            _SUBSCRIPTION,
+            streaming.subscribe_gpu_power,
+        ),
+        MethodSpec(
+            "cpu.get_cumulative_energy",
+            "RAPL energy since the daemon's first reading of the counter, microjoules.",
+            CPU_READ,
+            (
+                _cpu_ids(),
+                Param("cpu", {"type": "boolean"}, "Read the package zone (true).", default=True),
+                Param("dram", {"type": "boolean"}, "Read the DRAM zone (true).", default=True),
+            ),
+            _by_cpu(_object(cpu_energy_uj=_NULLABLE_INT, dram_energy_uj=_NULLABLE_INT)),
+            streaming.cpu_cumulative_energy,
+        ),
+        MethodSpec(
+            "cpu.get_power",
+            "CPU package and DRAM power over a 50 ms window (two RAPL energy readings).",
+            CPU_READ,
+            (_cpu_ids(),),
+            _object(
+                timestamp_ms=_INT,
+                power_mw=_by_cpu(_object(cpu_mw=_INT, dram_mw=_NULLABLE_INT)),
+            ),
+            streaming.cpu_power,
+        ),
+        MethodSpec(
+            "cpu.subscribe_power",
+            "Stream CPU power: 'cpu.power' notifications, power_mw as in cpu.get_power.",
+            CPU_READ,
+            (_cpu_ids(), _interval()),
+            _SUBSCRIPTION,
+            streaming.subscribe_cpu_power,
+        ),
+        MethodSpec(
+            "unsubscribe",
+            "End a subscription of this connection; no notification of it follows the reply.",
+            None,
+            (Param("subscription", {"type": "string"}, "The id subscribe gave.", required=True),),
+            {"const": True},
+            streaming.unsubscribe,
+        ),
+    ]
 
 
 def _rpc_discover(ctx: Context, session: Session) -> Result:
@@ -277,5 +356,6 @@ def build_methods() -> Mapping[str, MethodSpec]:
             ),
         ),
         *session_methods(),
+        *_stream_methods(),
     ]
     return {spec.name: spec for spec in specs}

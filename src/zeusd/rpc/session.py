@@ -2,21 +2,48 @@
 
 The connection creates one Session when a client connects and passes it with every line;
 handlers receive it next to the daemon-wide Context. No I/O happens here: a connection
-that can push messages (subscriptions) installs its own ``notify``.
+that can push messages (subscriptions) installs its own ``outbox``.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from typing import Protocol
 
 import attrs
 
 _ids = itertools.count(1)
 
 
-def _discard(message: bytes) -> None:
-    pass
+class Outbox(Protocol):
+    """Where a connection takes server-initiated lines (notifications), keyed by subscription.
+
+    None of these block. A key holds at most one unsent line (the newest), so a slow reader
+    costs one line per subscription, never a growing queue.
+    """
+
+    def register(self, key: str) -> None:
+        """A new subscription; its lines wait until the response that created it is out."""
+
+    def put(self, key: str, line: bytes) -> None:
+        """Replace *key*'s unsent line, if any, with *line*."""
+
+    def drop(self, key: str) -> None:
+        """Forget *key*: its unsent line is never written."""
+
+
+class NoOutbox:
+    """For sessions that cannot receive pushes: lines are discarded."""
+
+    def register(self, key: str) -> None:
+        pass
+
+    def put(self, key: str, line: bytes) -> None:
+        pass
+
+    def drop(self, key: str) -> None:
+        pass
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -31,8 +58,6 @@ class Session:
     gid: int | None = None
     #: The peer's primary and supplementary groups (SO_PEERGROUPS), for --control-gids.
     groups: tuple[int, ...] = ()
-    #: Sends a server-initiated line (a notification) to this client; never blocks.
-    notify: Callable[[bytes], None] = _discard
     #: Set by a successful ``session.authenticate``: the token's subject, scopes and expiry.
     subject: str | None = None
     scopes: tuple[str, ...] | None = None
@@ -64,3 +89,13 @@ class Session:
             "gid": self.gid,
             "subject": self.subject,
         }
+    #: Takes server-initiated lines (subscription notifications) for this client.
+    outbox: Outbox = attrs.field(factory=NoOutbox)
+    #: This session's live subscriptions: id -> the function that ends it.
+    subscriptions: dict[str, Callable[[], None]] = attrs.field(factory=dict)
+
+    def end_subscriptions(self) -> None:
+        """The connection is closing: stop every subscription of this session."""
+        while self.subscriptions:
+            _, end = self.subscriptions.popitem()
+            end()

@@ -9,6 +9,13 @@ flow control), a started line must be finished within ``client_timeout`` seconds
 reply the client does not take within that time ends the connection. A connection that
 sends nothing at all is left alone: holding a connection open is legitimate (subscriptions,
 a training job's whole run); ``--max-connections`` bounds how many there are.
+
+The connection is also its session's :class:`~zeusd.rpc.session.Outbox`: subscription
+notifications wait in one slot per subscription (newest replaces unsent older) and a writer
+task sends them, taking the same send lock as replies, so lines never interleave. A
+subscription's lines are held back until the reply that created it has been written, and an
+unsubscribe empties its slot before its reply is written, so no notification comes before
+its subscribe response or after its unsubscribe response.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from zeusd.rpc.session import Session
 log = logging.getLogger(__name__)
 
 RECEIVE_BYTES = 65536
+#: At close, how long a notification line already being written may take to finish.
+WRITE_GRACE_S = 1.0
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
@@ -53,22 +62,97 @@ class Connection:
         # Only the wait for more bytes is cancelled on drain: a reply being written is never
         # cut in half.
         self._receive_scope = trio.CancelScope()
+        self._done = trio.Event()
+        # Outbox state: subscriptions whose creating reply is not out yet (with their newest
+        # line, if any), subscriptions that may be written, and their unsent lines in order.
+        self._held: dict[str, bytes | None] = {}
+        self._open: set[str] = set()
+        self._ready: dict[str, bytes] = {}
+        self._has_ready = trio.Event()
+        self._line_keys: list[str] | None = None
+        self._closing = False
+        self._writer_done = trio.Event()
+        session.outbox = self
 
     def drain(self) -> None:
         """Stop reading new requests; the ones in flight finish and are answered."""
         self._stop_reading = True
         self._receive_scope.cancel()
+        self._done.set()
 
     async def serve(self) -> None:
         try:
-            async with trio.open_nursery() as in_flight:
-                if not await self._read_loop(in_flight):
-                    # Hang up now, but let in-flight requests finish: their GPU work is
-                    # queued already, and a failed notification must still be logged.
-                    # Their replies have nowhere to go and are dropped in _send.
-                    await trio.aclose_forcefully(self._stream)
+            async with trio.open_nursery() as writer:
+                writer.start_soon(self._write_notifications)
+                async with trio.open_nursery() as in_flight:
+                    if not await self._read_loop(in_flight):
+                        # Hang up now, but let in-flight requests finish: their GPU work is
+                        # queued already, and a failed notification must still be logged.
+                        # Their replies have nowhere to go and are dropped in _send.
+                        await trio.aclose_forcefully(self._stream)
+                        self._done.set()
+                if self.session.subscriptions:
+                    # The client half-closed but may still be reading (`socat -t 10`):
+                    # stream until it hangs up (a write fails) or the daemon drains.
+                    await self._done.wait()
+                # Let a line being written finish (a reader gets no half line), but do not
+                # wait long on a client that stopped reading.
+                self._closing = True
+                self._has_ready.set()
+                with trio.move_on_after(WRITE_GRACE_S):
+                    await self._writer_done.wait()
+                writer.cancel_scope.cancel()
         finally:
+            self.session.end_subscriptions()
             await trio.aclose_forcefully(self._stream)
+
+    # -- Outbox ----------------------------------------------------------------------------
+
+    def register(self, key: str) -> None:
+        self._held[key] = None
+        if self._line_keys is not None:
+            self._line_keys.append(key)
+
+    def put(self, key: str, line: bytes) -> None:
+        if key in self._held:
+            self._held[key] = line
+        elif key in self._open:
+            self._ready.pop(key, None)  # re-insert: slots go out oldest-first
+            self._ready[key] = line
+            self._has_ready.set()
+
+    def drop(self, key: str) -> None:
+        self._held.pop(key, None)
+        self._open.discard(key)
+        self._ready.pop(key, None)
+
+    def _release(self, keys: list[str]) -> None:
+        """The reply that created *keys* is written: their notifications may follow."""
+        for key in keys:
+            if key in self._held:
+                line = self._held.pop(key)
+                self._open.add(key)
+                if line is not None:
+                    self._ready[key] = line
+                    self._has_ready.set()
+
+    async def _write_notifications(self) -> None:
+        try:
+            while True:
+                await self._has_ready.wait()
+                if self._closing:
+                    return
+                async with self._send_lock:
+                    # Taken under the lock: an unsubscribe answered meanwhile emptied its slot.
+                    if self._ready:
+                        key = next(iter(self._ready))
+                        line = self._ready.pop(key)
+                        if not await self._send_locked(line):
+                            return
+                if not self._ready:
+                    self._has_ready = trio.Event()
+        finally:
+            self._writer_done.set()
 
     async def _read_loop(self, in_flight: trio.Nursery) -> bool:
         """Read until EOF or drain (True) or until the peer is gone or broke framing (False)."""
@@ -117,20 +201,29 @@ class Connection:
 
     async def _handle(self, line: bytes, in_flight: trio.Nursery) -> None:
         # Waiting for a slot here is the backpressure: nothing more is read meanwhile.
-        await self._slots.acquire()
+        # A free slot is taken without Semaphore.acquire's checkpoint (a scheduler round).
+        if self._slots.value:
+            self._slots.acquire_nowait()
+        else:
+            await self._slots.acquire()
+        keys: list[str] = []
+        self._line_keys = keys
         try:
             reply = self._dispatcher.handle_line(line, self.session)
         except BaseException:
             self._slots.release()
             raise
+        finally:
+            self._line_keys = None
         if inspect.isawaitable(reply):
-            in_flight.start_soon(self._finish, reply)
+            in_flight.start_soon(self._finish, reply, keys)
             return
         self._slots.release()
         if isinstance(reply, bytes):
             await self._send(reply)
+        self._release(keys)
 
-    async def _finish(self, reply: object) -> None:
+    async def _finish(self, reply: object, keys: list[str]) -> None:
         assert inspect.isawaitable(reply)
         try:
             data = await reply
@@ -138,6 +231,7 @@ class Connection:
             self._slots.release()
         if data is not None:
             await self._send(data)
+        self._release(keys)
 
     async def _send(self, data: bytes) -> None:
         # Uncontended, take the lock without Lock.acquire's checkpoint: a scheduler round
@@ -148,22 +242,29 @@ class Connection:
         else:
             lock.acquire_nowait()
         try:
-            with trio.move_on_after(self._client_timeout) as scope:
-                try:
-                    await self._stream.send_all(data)
-                except _GONE:
-                    # Nobody to answer; stop reading too, which ends the connection.
-                    self.drain()
-            if scope.cancelled_caught:
-                # A client that does not read its replies would hold this connection and
-                # its in-flight slots for ever; a cut-off write also leaves the stream
-                # unusable, so hang up.
-                log.warning(
-                    "%s: reply not taken within %g s; closing",
-                    self.session.describe(),
-                    self._client_timeout,
-                )
-                self.drain()
-                await trio.aclose_forcefully(self._stream)
+            await self._send_locked(data)
         finally:
             lock.release()
+
+    async def _send_locked(self, data: bytes) -> bool:
+        """Write *data* (send lock held). False: the connection is done for."""
+        with trio.move_on_after(self._client_timeout) as scope:
+            try:
+                await self._stream.send_all(data)
+                return True
+            except _GONE:
+                # Nobody to answer; stop reading too, which ends the connection.
+                self.drain()
+                return False
+        # A client that does not read what it is sent would hold this connection and its
+        # in-flight slots for ever; a cut-off write also leaves the stream unusable, so
+        # hang up.
+        assert scope.cancelled_caught
+        log.warning(
+            "%s: reply not taken within %g s; closing",
+            self.session.describe(),
+            self._client_timeout,
+        )
+        self.drain()
+        await trio.aclose_forcefully(self._stream)
+        return False

@@ -1,0 +1,1 @@
+"""CPU and DRAM energy through Linux RAPL (the powercap sysfs tree)."""

@@ -1,0 +1,134 @@
+"""The node's RAPL CPUs as methods see them: id validation, energy, power, wrap tracking."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from zeusd.cpu.rapl import RaplCpu, RaplError, wrap_check_period_s
+from zeusd.gpu.commands import is_int, show
+from zeusd.rpc.errors import DeviceError, InvalidParamsError
+from zeusd.rpc.omitted import OMITTED
+
+log = logging.getLogger(__name__)
+
+#: cpu.get_power averages over this window between two energy readings (the request waits
+#: for it, without blocking anything else).
+POWER_WINDOW_S = 0.05
+
+
+def power_mw(energy_uj: int, seconds: float) -> int:
+    """Average power in milliwatts of *energy_uj* spent over *seconds*."""
+    return round(energy_uj / seconds / 1000) if seconds > 0 else 0
+
+
+class CpuTable:
+    """RAPL CPUs by id; empty when the node has no RAPL tree or cpu-read is disabled."""
+
+    def __init__(self, cpus: Sequence[RaplCpu] = ()) -> None:
+        self.cpus = tuple(cpus)
+        self._by_id = {cpu.id: cpu for cpu in cpus}
+
+    def resolve(self, cpu_ids: object) -> tuple[RaplCpu, ...]:
+        """Validate a ``cpu_ids`` param (omitted: every CPU), as gpu_ids is validated."""
+        if cpu_ids is OMITTED:
+            return self.cpus
+        if not isinstance(cpu_ids, list):
+            raise InvalidParamsError(
+                "cpu_ids", f"'cpu_ids' must be a list of CPU ids (got {show(cpu_ids)})"
+            )
+        if not cpu_ids:
+            raise InvalidParamsError("cpu_ids", "'cpu_ids' must not be empty")
+        seen: set[int] = set()
+        targets = []
+        for cpu in cpu_ids:
+            if not is_int(cpu):
+                raise InvalidParamsError(
+                    "cpu_ids", f"'cpu_ids' must hold integer CPU ids (got {show(cpu)})"
+                )
+            if cpu in seen:
+                raise InvalidParamsError("cpu_ids", f"CPU {cpu} is listed twice in 'cpu_ids'")
+            target = self._by_id.get(cpu)
+            if target is None:
+                known = ", ".join(str(i) for i in self._by_id) or "none"
+                raise InvalidParamsError(
+                    "cpu_ids", f"unknown CPU {cpu} (this node's CPUs: {known})"
+                )
+            seen.add(cpu)
+            targets.append(target)
+        return tuple(targets)
+
+    def cumulative_energy(
+        self, targets: Sequence[RaplCpu], *, cpu: bool, dram: bool
+    ) -> dict[str, Any]:
+        """The get_cumulative_energy result. Raises DeviceError if any read fails."""
+        return _read_all(
+            targets,
+            lambda t: {
+                "cpu_energy_uj": t.package.read() if cpu else None,
+                "dram_energy_uj": t.dram.read() if dram and t.dram is not None else None,
+            },
+        )
+
+    async def power(self, targets: Sequence[RaplCpu]) -> dict[str, Any]:
+        """The get_power result: two readings POWER_WINDOW_S apart. Raises DeviceError."""
+        before = _read_all(targets, _energies)
+        start = time.monotonic()
+        await trio.sleep(POWER_WINDOW_S)
+        after = _read_all(targets, _energies)
+        elapsed = time.monotonic() - start
+        return {
+            "timestamp_ms": int(time.time() * 1000),
+            "power_mw": {key: _power(before[key], after[key], elapsed) for key in after},
+        }
+
+    def read_every_counter(self) -> None:
+        """Read each counter once so that none wraps unseen; failures are only logged."""
+        for target in self.cpus:
+            for counter in target.counters():
+                try:
+                    counter.read()
+                except RaplError as exc:
+                    log.warning("RAPL wrap check: %s", exc)
+
+    async def track_wraps(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Read every counter as often as wraparound requires (about once a minute on real
+        hardware) -- the only periodic work of an idle daemon, and only with RAPL CPUs."""
+        task_status.started()
+        if not self.cpus:
+            return
+        period = wrap_check_period_s(self.cpus)
+        log.debug("reading RAPL counters every %.1f s to catch wraparound", period)
+        while True:
+            await trio.sleep(period)
+            self.read_every_counter()
+
+
+def _energies(target: RaplCpu) -> tuple[int, int | None]:
+    return target.package.read(), None if target.dram is None else target.dram.read()
+
+
+def _power(before: Any, after: Any, seconds: float) -> dict[str, int | None]:
+    dram = None if after[1] is None else power_mw(after[1] - before[1], seconds)
+    return {"cpu_mw": power_mw(after[0] - before[0], seconds), "dram_mw": dram}
+
+
+def _read_all(targets: Sequence[RaplCpu], read: Any) -> dict[str, Any]:
+    # Reads fail whole: every target is tried so the error names each failing CPU.
+    values: dict[str, Any] = {}
+    errors: dict[int, dict[str, str]] = {}
+    for target in targets:
+        try:
+            values[str(target.id)] = read(target)
+        except RaplError as exc:
+            errors[target.id] = exc.detail()
+    if errors:
+        succeeded = [t.id for t in targets if t.id not in errors]
+        raise DeviceError(succeeded=succeeded, errors=errors)
+    return values

@@ -1,0 +1,84 @@
+"""Handlers of the cpu-read methods and of power subscriptions (subscribe, unsubscribe)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Iterable
+from typing import Any
+
+from jsonrpcserver.result import Result, Success
+
+from zeusd.gpu.commands import check_int, show
+from zeusd.rpc.context import Context
+from zeusd.rpc.errors import InvalidParamsError
+from zeusd.rpc.session import Session
+from zeusd.stream.hub import MAX_INTERVAL_MS, MIN_INTERVAL_MS, PowerHub
+
+
+def _flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidParamsError(name, f"'{name}' must be true or false (got {show(value)})")
+    return value
+
+
+def _start(
+    hub: PowerHub | None, session: Session, kind: str, devices: Iterable[int], interval: object
+) -> Result:
+    targets = tuple(devices)
+    interval_ms = check_int("interval_ms", interval, MIN_INTERVAL_MS, MAX_INTERVAL_MS)
+    if hub is None or not targets:
+        raise InvalidParamsError(f"{kind}_ids", f"this node has no {kind.upper()}s to stream")
+    sub_id = hub.subscribe(targets, interval_ms, session.outbox)
+    outbox = session.outbox
+    outbox.register(sub_id)
+
+    def end() -> None:
+        hub.unsubscribe(sub_id)
+        outbox.drop(sub_id)
+
+    session.subscriptions[sub_id] = end
+    return Success({"subscription": sub_id})
+
+
+def subscribe_gpu_power(
+    ctx: Context, session: Session, gpu_ids: object, interval_ms: object
+) -> Result:
+    targets = [gpu.index for gpu in ctx.gpus.resolve(gpu_ids)]
+    return _start(ctx.gpu_power, session, "gpu", targets, interval_ms)
+
+
+def subscribe_cpu_power(
+    ctx: Context, session: Session, cpu_ids: object, interval_ms: object
+) -> Result:
+    targets = [cpu.id for cpu in ctx.cpus.resolve(cpu_ids)]
+    return _start(ctx.cpu_power, session, "cpu", targets, interval_ms)
+
+
+def unsubscribe(ctx: Context, session: Session, subscription: object) -> Result:
+    if not isinstance(subscription, str):
+        raise InvalidParamsError(
+            "subscription", f"'subscription' must be a string (got {show(subscription)})"
+        )
+    end = session.subscriptions.pop(subscription, None)
+    if end is None:
+        raise InvalidParamsError(
+            "subscription", f"no subscription {show(subscription)} on this connection"
+        )
+    end()
+    return Success(True)
+
+
+def cpu_cumulative_energy(
+    ctx: Context, session: Session, cpu_ids: object, cpu: object, dram: object
+) -> Result:
+    targets = ctx.cpus.resolve(cpu_ids)
+    want_cpu, want_dram = _flag("cpu", cpu), _flag("dram", dram)
+    return Success(ctx.cpus.cumulative_energy(targets, cpu=want_cpu, dram=want_dram))
+
+
+def cpu_power(ctx: Context, session: Session, cpu_ids: object) -> Awaitable[Result]:
+    targets = ctx.cpus.resolve(cpu_ids)
+    return _power(ctx, targets)
+
+
+async def _power(ctx: Context, targets: Any) -> Result:
+    return Success(await ctx.cpus.power(targets))

@@ -1,0 +1,1 @@
+"""Power subscriptions: shared per-device polling, fanned out to subscribers."""
