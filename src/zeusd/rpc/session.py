@@ -89,6 +89,7 @@ class Session:
             "gid": self.gid,
             "subject": self.subject,
         }
+
     #: Takes server-initiated lines (subscription notifications) for this client.
     outbox: Outbox = attrs.field(factory=NoOutbox)
     #: This session's live subscriptions: id -> the function that ends it.
