@@ -72,6 +72,8 @@ class Connection:
         self._line_keys: list[str] | None = None
         self._closing = False
         self._writer_done = trio.Event()
+        self._writer_nursery: trio.Nursery | None = None
+        self._writer_started = False
         session.outbox = self
 
     def drain(self) -> None:
@@ -83,7 +85,9 @@ class Connection:
     async def serve(self) -> None:
         try:
             async with trio.open_nursery() as writer:
-                writer.start_soon(self._write_notifications)
+                # The notification writer starts with the first subscription: most
+                # connections never have one, and an idle task costs memory per connection.
+                self._writer_nursery = writer
                 async with trio.open_nursery() as in_flight:
                     if not await self._read_loop(in_flight):
                         # Hang up now, but let in-flight requests finish: their GPU work is
@@ -99,8 +103,9 @@ class Connection:
                 # wait long on a client that stopped reading.
                 self._closing = True
                 self._has_ready.set()
-                with trio.move_on_after(WRITE_GRACE_S):
-                    await self._writer_done.wait()
+                if self._writer_started:
+                    with trio.move_on_after(WRITE_GRACE_S):
+                        await self._writer_done.wait()
                 writer.cancel_scope.cancel()
         finally:
             self.session.end_subscriptions()
@@ -109,6 +114,9 @@ class Connection:
     # -- Outbox ----------------------------------------------------------------------------
 
     def register(self, key: str) -> None:
+        if not self._writer_started and self._writer_nursery is not None:
+            self._writer_started = True
+            self._writer_nursery.start_soon(self._write_notifications)
         self._held[key] = None
         if self._line_keys is not None:
             self._line_keys.append(key)
