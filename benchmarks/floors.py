@@ -3,6 +3,10 @@
 - ``echo PATH``: a bare trio server on a Unix socket that answers each line after one
   ``trio.to_thread.run_sync`` hop of a no-op: the least a trio daemon that does its blocking
   NVML calls in threads can cost.
+- ``echo-concurrent PATH``: the echo floor, but each line gets its own task (hop, then the
+  reply under a send lock), as the contract requires of zeusd: a request is never held up
+  by an earlier, slower one of the same connection. Not a target; it shows what that
+  concurrency costs by itself.
 - ``http PATH``: a bare trio HTTP/1.1 server on a Unix socket that answers every request with
   an empty 200 (keep-alive): the server side of Zeus's own httpx-over-UDS path, doing nothing.
 
@@ -30,6 +34,23 @@ async def _echo(stream: trio.SocketStream) -> None:
             await stream.send_all(line + b"\n")
 
 
+async def _echo_concurrent(stream: trio.SocketStream) -> None:
+    lock = trio.Lock()
+
+    async def answer(line: bytes) -> None:
+        await trio.to_thread.run_sync(lambda: None)
+        async with lock:
+            await stream.send_all(line + b"\n")
+
+    buffer = b""
+    async with trio.open_nursery() as nursery:
+        while data := await stream.receive_some(65536):
+            buffer += data
+            while b"\n" in buffer:
+                line, _, buffer = buffer.partition(b"\n")
+                nursery.start_soon(answer, line)
+
+
 async def _http(stream: trio.SocketStream) -> None:
     buffer = b""
     while data := await stream.receive_some(65536):
@@ -55,7 +76,7 @@ async def _serve(kind: str, path: str) -> None:
     await sock.bind(path)
     sock.listen(1024)
     print("ready", flush=True)
-    handler = _echo if kind == "echo" else _http
+    handler = {"echo": _echo, "echo-concurrent": _echo_concurrent, "http": _http}[kind]
 
     async def guarded(stream: trio.SocketStream) -> None:
         # A client hanging up mid-reply must not bring the whole server down.
@@ -67,7 +88,7 @@ async def _serve(kind: str, path: str) -> None:
 
 if __name__ == "__main__":
     kind, path = sys.argv[1], sys.argv[2]
-    if kind not in ("echo", "http"):
-        raise SystemExit("usage: floors.py {echo,http} PATH")
+    if kind not in ("echo", "echo-concurrent", "http"):
+        raise SystemExit("usage: floors.py {echo,echo-concurrent,http} PATH")
     with contextlib.suppress(KeyboardInterrupt):
         trio.run(_serve, kind, path)

@@ -176,25 +176,39 @@ def report(name: str, figure: str, target: str, met: bool) -> None:
 
 def target_round_trip(directory: str, rounds: int, calls: int) -> None:
     print("1. gpu.get_power_limit round trip over UDS, rounds alternating with the floors")
+    kinds = ("zeusd", "echo", "echo-concurrent", "http")
     with (
         zeusd(directory) as (_, zpath),
         floor(directory, "echo") as (_, epath),
+        floor(directory, "echo-concurrent") as (_, cpath),
         floor(directory, "http") as (_, hpath),
     ):
-        line_rtts(zpath, 300), line_rtts(epath, 300), http_rtts(hpath, 300)  # warm-up
-        z_all, e_all, h_all, vs_echo, vs_http = [], [], [], [], []
+        measure = {
+            "zeusd": lambda n: line_rtts(zpath, n),
+            "echo": lambda n: line_rtts(epath, n),
+            "echo-concurrent": lambda n: line_rtts(cpath, n),
+            "http": lambda n: http_rtts(hpath, n),
+        }
+        for kind in kinds:
+            measure[kind](300)  # warm-up
+        rounds_of: dict[str, list[float]] = {kind: [] for kind in kinds}
         for _ in range(rounds):
-            z = statistics.median(line_rtts(zpath, calls))
-            e = statistics.median(line_rtts(epath, calls))
-            h = statistics.median(http_rtts(hpath, calls))
-            z_all.append(z)
-            e_all.append(e)
-            h_all.append(h)
-            vs_echo.append(z / e)
-            vs_http.append(z / h)
-    z_us, e_us, h_us = (statistics.median(x) * 1e6 for x in (z_all, e_all, h_all))
-    print(f"     medians: zeusd {z_us:.0f} us, echo floor {e_us:.0f} us, HTTP floor {h_us:.0f} us")
-    r_echo, r_http = statistics.median(vs_echo), statistics.median(vs_http)
+            for kind in kinds:
+                rounds_of[kind].append(statistics.median(measure[kind](calls)))
+
+    def ratio(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(rounds_of[a], rounds_of[b], strict=True))
+
+    us = {kind: statistics.median(values) * 1e6 for kind, values in rounds_of.items()}
+    print(
+        f"     medians: zeusd {us['zeusd']:.0f} us, echo floor {us['echo']:.0f} us,"
+        f" concurrent echo {us['echo-concurrent']:.0f} us, HTTP floor {us['http']:.0f} us"
+    )
+    print(
+        f"     (not a target) concurrent echo / echo floor {ratio('echo-concurrent', 'echo'):.2f}x,"
+        f" zeusd / concurrent echo {ratio('zeusd', 'echo-concurrent'):.2f}x"
+    )
+    r_echo, r_http = ratio("zeusd", "echo"), ratio("zeusd", "http")
     report("zeusd / echo floor", f"{r_echo:.2f}x", "<= 1.3x", r_echo <= 1.3)
     report("zeusd / HTTP floor", f"{r_http:.2f}x", "<= 0.5x", r_http <= 0.5)
 

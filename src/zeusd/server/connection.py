@@ -12,7 +12,7 @@ a training job's whole run); ``--max-connections`` bounds how many there are.
 
 The connection is also its session's :class:`~zeusd.rpc.session.Outbox`: subscription
 notifications wait in one slot per subscription (newest replaces unsent older) and a writer
-task sends them, taking the same send lock as replies, so lines never interleave. A
+task queues them in the same outgoing buffer as replies, so lines never interleave. A
 subscription's lines are held back until the reply that created it has been written, and an
 unsubscribe empties its slot before its reply is written, so no notification comes before
 its subscribe response or after its unsubscribe response.
@@ -33,6 +33,8 @@ from zeusd.rpc.session import Session
 log = logging.getLogger(__name__)
 
 RECEIVE_BYTES = 65536
+#: Queued reply bytes beyond which a replying task waits for the client to read.
+OUTGOING_CAP = 1 << 20
 #: At close, how long a notification line already being written may take to finish.
 WRITE_GRACE_S = 1.0
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
@@ -57,7 +59,11 @@ class Connection:
         self.session = session
         self._dispatcher = dispatcher
         self._buffer = LineBuffer(max_line_bytes)
-        self._send_lock = trio.Lock()
+        # Bytes queued for the client; see _send.
+        self._outgoing = bytearray()
+        self._flushing = False
+        self._flushed = trio.Event()
+        self._dead = False
         self._stop_reading = False
         # Only the wait for more bytes is cancelled on drain: a reply being written is never
         # cut in half.
@@ -150,13 +156,17 @@ class Connection:
                 await self._has_ready.wait()
                 if self._closing:
                     return
-                async with self._send_lock:
-                    # Taken under the lock: an unsubscribe answered meanwhile emptied its slot.
-                    if self._ready:
-                        key = next(iter(self._ready))
-                        line = self._ready.pop(key)
-                        if not await self._send_locked(line):
-                            return
+                if self._flushing:
+                    # One line at a time behind a slow reader: while it waits here, newer
+                    # samples replace older ones in their slots instead of piling up.
+                    await self._flushed.wait()
+                    continue
+                # Taken now, with no checkpoint before it is queued: an unsubscribe
+                # answered meanwhile has emptied its slot.
+                if self._ready:
+                    key = next(iter(self._ready))
+                    if not await self._send(self._ready.pop(key)):
+                        return
                 if not self._ready:
                     self._has_ready = trio.Event()
         finally:
@@ -241,29 +251,45 @@ class Connection:
             await self._send(data)
         self._release(keys)
 
-    async def _send(self, data: bytes) -> None:
-        # Uncontended, take the lock without Lock.acquire's checkpoint: a scheduler round
-        # per reply is a measurable share of a round trip.
-        lock = self._send_lock
-        if lock.locked():
-            await lock.acquire()
-        else:
-            lock.acquire_nowait()
-        try:
-            await self._send_locked(data)
-        finally:
-            lock.release()
+    async def _send(self, data: bytes) -> bool:
+        """Queue *data* for the client. False: the connection is done for.
 
-    async def _send_locked(self, data: bytes) -> bool:
-        """Write *data* (send lock held). False: the connection is done for."""
+        Replies and notifications go into one buffer, in the order they are queued; whoever
+        finds no write under way writes everything queued, so concurrent replies share one
+        system call instead of queueing on a lock. A task whose reply lands far behind a
+        client that does not read waits, so the buffer stays bounded.
+        """
+        if self._dead:
+            return False
+        self._outgoing += data
+        if self._flushing:
+            if len(self._outgoing) > OUTGOING_CAP:
+                await self._flushed.wait()
+            return not self._dead
+        self._flushing = True
+        try:
+            while self._outgoing and not self._dead:
+                chunk = bytes(self._outgoing)
+                self._outgoing.clear()
+                await self._write(chunk)
+        finally:
+            self._flushing = False
+            if self._dead:
+                self._outgoing.clear()
+            self._flushed.set()
+            self._flushed = trio.Event()
+        return not self._dead
+
+    async def _write(self, data: bytes) -> None:
         with trio.move_on_after(self._client_timeout) as scope:
             try:
                 await self._stream.send_all(data)
-                return True
+                return
             except _GONE:
                 # Nobody to answer; stop reading too, which ends the connection.
+                self._dead = True
                 self.drain()
-                return False
+                return
         # A client that does not read what it is sent would hold this connection and its
         # in-flight slots for ever; a cut-off write also leaves the stream unusable, so
         # hang up.
@@ -273,6 +299,6 @@ class Connection:
             self.session.describe(),
             self._client_timeout,
         )
+        self._dead = True
         self.drain()
         await trio.aclose_forcefully(self._stream)
-        return False
