@@ -1,8 +1,8 @@
 """Round-trip time of one ``gpu.get_power_limit`` over the Unix socket, against an echo floor.
 
-Starts the real ``zeusd`` (simulated GPUs, no added latency) and, as the floor, a bare trio
-server that answers each line after one ``trio.to_thread.run_sync`` hop of a no-op: the least
-any trio daemon doing blocking NVML calls in threads can cost. Rounds alternate between the
+Starts the real ``zeusd`` (simulated GPUs, no added latency) and, as the floor, the bare trio
+echo server of ``floors.py`` (one ``trio.to_thread.run_sync`` hop of a no-op per line), each in
+its own process. Rounds alternate between the
 two so that machine noise hits both alike; the ratio is the median of per-round ratios.
 
 Usage: .venv/bin/python benchmarks/rtt.py [--calls 1000] [--rounds 5]
@@ -17,32 +17,22 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-
-import trio
 
 REQUEST = b'{"jsonrpc":"2.0","method":"gpu.get_power_limit","params":{"gpu_ids":[0]},"id":1}\n'
 
 
-def _echo_floor(path: str, ready: threading.Event) -> None:
-    async def handle(stream: trio.SocketStream) -> None:
-        buffer = b""
-        while data := await stream.receive_some(65536):
-            buffer += data
-            while b"\n" in buffer:
-                line, _, buffer = buffer.partition(b"\n")
-                await trio.to_thread.run_sync(lambda: None)
-                await stream.send_all(line + b"\n")
-
-    async def main() -> None:
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        await sock.bind(path)
-        sock.listen(16)
-        ready.set()
-        await trio.serve_listeners(handle, [trio.SocketListener(sock)])
-
-    trio.run(main)
+def _echo_floor(path: str) -> subprocess.Popen[str]:
+    # Its own process, like zeusd: a floor sharing the client's interpreter would be slowed
+    # by the client and flatter the ratio.
+    floors = os.path.join(os.path.dirname(os.path.abspath(__file__)), "floors.py")
+    proc = subprocess.Popen(
+        [sys.executable, floors, "echo", path], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    if "ready" not in proc.stdout.readline():
+        raise SystemExit(f"echo floor did not start (exit {proc.wait()})")
+    return proc
 
 
 def _start_zeusd(path: str) -> subprocess.Popen[str]:
@@ -81,9 +71,7 @@ def main() -> None:
     directory = tempfile.mkdtemp(prefix="zd-bench-")
     zeusd_path = os.path.join(directory, "zeusd.sock")
     echo_path = os.path.join(directory, "echo.sock")
-    ready = threading.Event()
-    threading.Thread(target=_echo_floor, args=(echo_path, ready), daemon=True).start()
-    ready.wait()
+    floor = _echo_floor(echo_path)
     proc = _start_zeusd(zeusd_path)
     try:
         _round(zeusd_path, 200)  # warm-up: imports, caches, thread pool
@@ -98,8 +86,9 @@ def main() -> None:
             echo_all += e
             ratios.append(statistics.median(z) / statistics.median(e))
     finally:
-        proc.terminate()
-        proc.wait()
+        for p in (proc, floor):
+            p.terminate()
+            p.wait()
 
     def us(samples: list[float], q: float) -> float:
         return sorted(samples)[int(q * (len(samples) - 1))] * 1e6
