@@ -15,28 +15,15 @@ import argparse
 import os
 import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 
+from suite import zeusd
+
 from zeusd.client import ZeusdClient
 
 REQUEST = b'{"jsonrpc":"2.0","method":"gpu.get_power_limit","params":{"gpu_ids":[0]},"id":1}\n'
-
-
-def _start_zeusd(path: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "zeusd", "--gpu-backend", "sim", "--socket-path", path],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if "listening on" in line:
-            return proc
-    raise SystemExit(f"zeusd did not start (exit {proc.wait()})")
 
 
 def _median_us(call: Callable[[], object], calls: int) -> float:
@@ -53,9 +40,13 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    path = os.path.join(tempfile.mkdtemp(prefix="zd-bench-"), "zeusd.sock")
-    proc = _start_zeusd(path)
-    try:
+    with (
+        tempfile.TemporaryDirectory(prefix="zd-bench-") as directory,
+        zeusd(directory) as (
+            _,
+            path,
+        ),
+    ):
         raw = socket.socket(socket.AF_UNIX)
         raw.connect(path)
         reader = raw.makefile("rb")
@@ -98,9 +89,6 @@ def main() -> None:
         client.close()
         reader.close()
         raw.close()
-    finally:
-        proc.terminate()
-        proc.wait()
 
 
 if __name__ == "__main__":
