@@ -10,9 +10,8 @@ from typing import Any
 import trio
 
 from zeusd.cpu.rapl import RaplCpu, RaplError, wrap_check_period_s
-from zeusd.gpu.commands import is_int, show
-from zeusd.rpc.errors import DeviceError, InvalidParamsError
-from zeusd.rpc.omitted import OMITTED
+from zeusd.rpc.errors import DeviceError
+from zeusd.rpc.params import resolve_ids
 
 log = logging.getLogger(__name__)
 
@@ -35,32 +34,7 @@ class CpuTable:
 
     def resolve(self, cpu_ids: object) -> tuple[RaplCpu, ...]:
         """Validate a ``cpu_ids`` param (omitted: every CPU), as gpu_ids is validated."""
-        if cpu_ids is OMITTED:
-            return self.cpus
-        if not isinstance(cpu_ids, list):
-            raise InvalidParamsError(
-                "cpu_ids", f"'cpu_ids' must be a list of CPU ids (got {show(cpu_ids)})"
-            )
-        if not cpu_ids:
-            raise InvalidParamsError("cpu_ids", "'cpu_ids' must not be empty")
-        seen: set[int] = set()
-        targets = []
-        for cpu in cpu_ids:
-            if not is_int(cpu):
-                raise InvalidParamsError(
-                    "cpu_ids", f"'cpu_ids' must hold integer CPU ids (got {show(cpu)})"
-                )
-            if cpu in seen:
-                raise InvalidParamsError("cpu_ids", f"CPU {cpu} is listed twice in 'cpu_ids'")
-            target = self._by_id.get(cpu)
-            if target is None:
-                known = ", ".join(str(i) for i in self._by_id) or "none"
-                raise InvalidParamsError(
-                    "cpu_ids", f"unknown CPU {cpu} (this node's CPUs: {known})"
-                )
-            seen.add(cpu)
-            targets.append(target)
-        return tuple(targets)
+        return resolve_ids("cpu_ids", "CPU", cpu_ids, self._by_id)
 
     def cumulative_energy(
         self, targets: Sequence[RaplCpu], *, cpu: bool, dram: bool

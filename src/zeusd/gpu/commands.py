@@ -8,7 +8,6 @@ into the method's result (``result``).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Protocol
@@ -19,35 +18,10 @@ from zeusd.gpu import ledger
 from zeusd.gpu.backend import GpuInfo, NvmlCallError, NvmlDevice
 from zeusd.rpc.errors import InvalidParamsError
 from zeusd.rpc.omitted import OMITTED, Omitted
+from zeusd.rpc.params import check_int, resolve_ids, show
 
 UINT32_MAX = 2**32 - 1
 MIN_CLOCK_MHZ = 1
-
-
-def show(value: object) -> str:
-    """*value* as the client wrote it (JSON), shortened for error messages."""
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def is_int(value: object) -> bool:
-    """JSON integers only: ``True`` and ``300000.0`` are not integers here."""
-    return type(value) is int
-
-
-def check_int(name: str, value: object, low: int, high: int, where: str = "") -> int:
-    """Return *value* if it is an integer in [low, high], else raise InvalidParamsError."""
-    if not is_int(value):
-        raise InvalidParamsError(name, f"'{name}' must be an integer (got {show(value)})")
-    assert isinstance(value, int)
-    if not low <= value <= high:
-        raise InvalidParamsError(
-            name, f"'{name}' must be in [{low}, {high}]{where} (got {value})", min=low, max=high
-        )
-    return value
 
 
 class GpuTable:
@@ -59,32 +33,7 @@ class GpuTable:
 
     def resolve(self, gpu_ids: object) -> tuple[GpuInfo, ...]:
         """Validate a ``gpu_ids`` param; omitted (on a read) means every GPU."""
-        if gpu_ids is OMITTED:
-            return self.infos
-        if not isinstance(gpu_ids, list):
-            raise InvalidParamsError(
-                "gpu_ids", f"'gpu_ids' must be a list of GPU ids (got {show(gpu_ids)})"
-            )
-        if not gpu_ids:
-            raise InvalidParamsError("gpu_ids", "'gpu_ids' must not be empty")
-        seen: set[int] = set()
-        targets = []
-        for gpu in gpu_ids:
-            if not is_int(gpu):
-                raise InvalidParamsError(
-                    "gpu_ids", f"'gpu_ids' must hold integer GPU ids (got {show(gpu)})"
-                )
-            if gpu in seen:
-                raise InvalidParamsError("gpu_ids", f"GPU {gpu} is listed twice in 'gpu_ids'")
-            info = self._by_index.get(gpu)
-            if info is None:
-                known = ", ".join(str(i) for i in self._by_index) or "none"
-                raise InvalidParamsError(
-                    "gpu_ids", f"unknown GPU {gpu} (this node's GPUs: {known})"
-                )
-            seen.add(gpu)
-            targets.append(info)
-        return tuple(targets)
+        return resolve_ids("gpu_ids", "GPU", gpu_ids, self._by_index)
 
 
 def _int_in(low: int, high: int) -> Any:

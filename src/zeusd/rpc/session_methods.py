@@ -7,10 +7,10 @@ import logging
 from jsonrpcserver.result import Result, Success
 
 from zeusd import tokens
-from zeusd.gpu.commands import show
 from zeusd.rpc.context import Context
 from zeusd.rpc.errors import AuthRequiredError, InvalidParamsError
 from zeusd.rpc.methods import MethodSpec, Param, _object
+from zeusd.rpc.params import show
 from zeusd.rpc.session import Session
 
 log = logging.getLogger(__name__)

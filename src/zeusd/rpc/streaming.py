@@ -7,9 +7,9 @@ from typing import Any
 
 from jsonrpcserver.result import Result, Success
 
-from zeusd.gpu.commands import check_int, show
 from zeusd.rpc.context import Context
 from zeusd.rpc.errors import InvalidParamsError
+from zeusd.rpc.params import check_int, show
 from zeusd.rpc.session import Session
 from zeusd.stream.hub import MAX_INTERVAL_MS, MIN_INTERVAL_MS, PowerHub
 
