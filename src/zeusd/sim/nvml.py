@@ -41,6 +41,15 @@ def _snap(value: int, supported: Sequence[int]) -> int:
     return min(supported, key=lambda clock: (abs(clock - value), clock))
 
 
+def _locked_pair(low: int, high: int, supported: Sequence[int]) -> tuple[int, int]:
+    # What the driver does with a lock request: wrap like c_uint, refuse min > max, and
+    # otherwise snap both ends onto the supported clocks.
+    low, high = _uint(low), _uint(high)
+    if low > high:
+        _fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+    return _snap(low, supported), _snap(high, supported)
+
+
 class SimDevice:
     """State of one simulated GPU; doubles as its NVML handle.
 
@@ -257,13 +266,10 @@ class SimNvml:
     def nvmlDeviceSetGpuLockedClocks(
         self, handle: object, minGpuClockMHz: int, maxGpuClockMHz: int
     ) -> None:
-        low, high = _uint(minGpuClockMHz), _uint(maxGpuClockMHz)
         dev = self._device(handle, "nvmlDeviceSetGpuLockedClocks")
-        if low > high:
-            _fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        grid = dev.spec.graphics_clocks_mhz
+        pair = _locked_pair(minGpuClockMHz, maxGpuClockMHz, dev.spec.graphics_clocks_mhz)
         with dev.lock:
-            dev.gpu_locked_clocks = (_snap(low, grid), _snap(high, grid))
+            dev.gpu_locked_clocks = pair
 
     def nvmlDeviceResetGpuLockedClocks(self, handle: object) -> None:
         dev = self._device(handle, "nvmlDeviceResetGpuLockedClocks")
@@ -273,13 +279,10 @@ class SimNvml:
     def nvmlDeviceSetMemoryLockedClocks(
         self, handle: object, minMemClockMHz: int, maxMemClockMHz: int
     ) -> None:
-        low, high = _uint(minMemClockMHz), _uint(maxMemClockMHz)
         dev = self._device(handle, "nvmlDeviceSetMemoryLockedClocks")
-        if low > high:
-            _fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        grid = dev.spec.memory_clocks_mhz
+        pair = _locked_pair(minMemClockMHz, maxMemClockMHz, dev.spec.memory_clocks_mhz)
         with dev.lock:
-            dev.mem_locked_clocks = (_snap(low, grid), _snap(high, grid))
+            dev.mem_locked_clocks = pair
 
     def nvmlDeviceResetMemoryLockedClocks(self, handle: object) -> None:
         dev = self._device(handle, "nvmlDeviceResetMemoryLockedClocks")
