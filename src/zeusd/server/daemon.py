@@ -12,7 +12,7 @@ from zeusd.gpu.lanes import GpuLanes
 from zeusd.rpc.dispatch import Dispatcher
 from zeusd.rpc.session import Session
 from zeusd.server.connection import Connection
-from zeusd.server.peercred import peer_cred
+from zeusd.server.peercred import database_groups, peer_cred
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,11 @@ class Server:
             if cred is not None:
                 session.pid, session.uid, session.gid = cred.pid, cred.uid, cred.gid
                 session.groups = cred.groups
+                if not cred.groups_from_kernel:
+                    # User database lookups can block (NSS, LDAP): not on the event loop.
+                    session.groups = await trio.to_thread.run_sync(
+                        database_groups, cred.uid, cred.gid
+                    )
         connection = Connection(
             stream,
             self._dispatcher,
