@@ -32,12 +32,11 @@ VALID_PARAMS: dict[str, dict[str, Any]] = {
     "gpu.get_supported_memory_clocks": {},
     "gpu.get_supported_graphics_clocks": {"memory_clock_mhz": 2619},
 }
-# One-shot GPU methods; gpu.subscribe_power streams and is tested in test_streaming.py.
-GPU_METHODS = [
-    name
-    for name, spec in METHODS.items()
-    if name.startswith("gpu.") and name != "gpu.subscribe_power"
-]
+# One-shot GPU methods that call NVML; gpu.subscribe_power streams and is tested in
+# test_streaming.py; gpu.get_locked_clocks answers from the daemon's memory of the locks it
+# set (NVML cannot read them back) and is tested below.
+NOT_NVML = {"gpu.subscribe_power", "gpu.get_locked_clocks"}
+GPU_METHODS = [name for name in METHODS if name.startswith("gpu.") and name not in NOT_NVML]
 
 
 def test_every_gpu_method_has_test_params() -> None:
@@ -136,6 +135,42 @@ async def test_reads_have_the_documented_shape(client: LineClient) -> None:
     assert clocks[0] == 1980
     assert clocks[-1] == 210
     assert len(clocks) == (1980 - 210) // 15 + 1
+
+
+async def test_locked_clocks_read_back_what_was_set_until_reset(client: LineClient) -> None:
+    """get_locked_clocks shows each lock set through the daemon, as asked, until its reset."""
+    nothing = {"gpu_locked_clocks": None, "mem_locked_clocks": None}
+    assert await client.result("gpu.get_locked_clocks", {"gpu_ids": [0, 1]}) == {
+        "0": nothing,
+        "1": nothing,
+    }
+    lock = {"min_clock_mhz": 1003, "max_clock_mhz": 1400}
+    mem = {"min_clock_mhz": 2619, "max_clock_mhz": 2619}
+    await client.result("gpu.set_gpu_locked_clocks", {"gpu_ids": [1], **lock})
+    await client.result("gpu.set_mem_locked_clocks", {"gpu_ids": [1], **mem})
+    got = await client.result("gpu.get_locked_clocks")
+    assert got["1"] == {"gpu_locked_clocks": lock, "mem_locked_clocks": mem}
+    assert got["0"] == nothing
+    await client.result("gpu.reset_gpu_locked_clocks", {"gpu_ids": [1]})
+    got = await client.result("gpu.get_locked_clocks", {"gpu_ids": [1]})
+    assert got == {"1": {"gpu_locked_clocks": None, "mem_locked_clocks": mem}}
+    await client.result("gpu.reset_locked_clocks", {"gpu_ids": [1]})
+    assert await client.result("gpu.get_locked_clocks", {"gpu_ids": [1]}) == {"1": nothing}
+
+
+async def test_a_failed_lock_is_not_reported_as_set(sock_dir: str) -> None:
+    """A lock NVML refused is not shown by get_locked_clocks."""
+    specs = [SimGpuSpec(faults={"set_gpu_locked_clocks": "NVML_ERROR_NO_PERMISSION"})]
+    async with trio.open_nursery() as nursery:
+        daemon = await start_sim_daemon(nursery, specs, sock_dir)
+        client = await daemon.connect()
+        lock = {"gpu_ids": [0], "min_clock_mhz": 1000, "max_clock_mhz": 1500}
+        refused = await client.call("gpu.set_gpu_locked_clocks", lock)
+        got = await client.result("gpu.get_locked_clocks")
+        await client.aclose()
+        daemon.running.server.stop(force=True)
+    assert refused["error"]["code"] == -32001
+    assert got == {"0": {"gpu_locked_clocks": None, "mem_locked_clocks": None}}
 
 
 async def test_energy_grows_between_reads(client: LineClient) -> None:

@@ -76,6 +76,10 @@ class NvmlDevice:
         self._nvml = nvml
         self.index = index
         self._handle = handle
+        # NVML cannot read clock locks back: these are the ones set through this object and
+        # not reset since, as (min MHz, max MHz) as requested (the driver may clamp them).
+        self._gpu_locked: tuple[int, int] | None = None
+        self._mem_locked: tuple[int, int] | None = None
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -122,15 +126,27 @@ class NvmlDevice:
 
     def set_gpu_locked_clocks(self, min_mhz: int, max_mhz: int) -> None:
         self._call(self._nvml.nvmlDeviceSetGpuLockedClocks, min_mhz, max_mhz)
+        self._gpu_locked = (min_mhz, max_mhz)
 
     def reset_gpu_locked_clocks(self) -> None:
         self._call(self._nvml.nvmlDeviceResetGpuLockedClocks)
+        self._gpu_locked = None
 
     def set_mem_locked_clocks(self, min_mhz: int, max_mhz: int) -> None:
         self._call(self._nvml.nvmlDeviceSetMemoryLockedClocks, min_mhz, max_mhz)
+        self._mem_locked = (min_mhz, max_mhz)
 
     def reset_mem_locked_clocks(self) -> None:
         self._call(self._nvml.nvmlDeviceResetMemoryLockedClocks)
+        self._mem_locked = None
+
+    def get_locked_clocks(self) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+        """(graphics, memory) locks set through this daemon and not reset since, or None.
+
+        NVML has no call that reads a lock back, so a lock set by another program (or by an
+        earlier daemon) is not seen.
+        """
+        return self._gpu_locked, self._mem_locked
 
     def reset_locked_clocks(self) -> None:
         """Reset both clock locks; the second is attempted even when the first fails."""

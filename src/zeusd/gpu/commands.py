@@ -208,6 +208,17 @@ class GetPersistenceMode(_ReadByGpu):
         return {"enabled": device.get_persistence_mode()}
 
 
+def _lock(pair: tuple[int, int] | None) -> dict[str, int] | None:
+    return None if pair is None else {"min_clock_mhz": pair[0], "max_clock_mhz": pair[1]}
+
+
+@attrs.frozen
+class GetLockedClocks(_ReadByGpu):
+    def run(self, device: NvmlDevice) -> Any:
+        graphics, memory = device.get_locked_clocks()
+        return {"gpu_locked_clocks": _lock(graphics), "mem_locked_clocks": _lock(memory)}
+
+
 @attrs.frozen
 class GetCumulativeEnergy(_ReadByGpu):
     def run(self, device: NvmlDevice) -> Any:

@@ -161,6 +161,9 @@ def _interval() -> Param:
     )
 
 
+_LOCK: Schema = {
+    "oneOf": [_object(min_clock_mhz=_INT, max_clock_mhz=_INT), {"type": "null"}],
+}
 _SUBSCRIPTION = _object(subscription={"type": "string"})
 _NULLABLE_INT: Schema = {"type": ["integer", "null"]}
 
@@ -325,6 +328,13 @@ def build_methods() -> Mapping[str, MethodSpec]:
             "Whether persistence mode is on.",
             cmd.GetPersistenceMode,
             _by_gpu(_object(enabled={"type": "boolean"})),
+        ),
+        _read(
+            "gpu.get_locked_clocks",
+            "Clock locks set through this daemon and not reset since (null: none); NVML "
+            "cannot read locks back, so one set by another program is not seen.",
+            cmd.GetLockedClocks,
+            _by_gpu(_object(gpu_locked_clocks=_LOCK, mem_locked_clocks=_LOCK)),
         ),
         _read(
             "gpu.get_power",
