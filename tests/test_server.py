@@ -128,7 +128,7 @@ async def test_per_gpu_order_follows_read_order_across_connections(
 ) -> None:
     """Writes from 16 racing connections reach each GPU in exactly the order they were read."""
     read_order: list[int] = []
-    original = Dispatcher.handle_line
+    original = Dispatcher.handle
 
     def recording(self: Dispatcher, line: bytes, session: Any) -> Any:
         message = json.loads(line)
@@ -136,7 +136,7 @@ async def test_per_gpu_order_follows_read_order_across_connections(
             read_order.append(message["params"]["power_limit_mw"])
         return original(self, line, session)
 
-    monkeypatch.setattr(Dispatcher, "handle_line", recording)
+    monkeypatch.setattr(Dispatcher, "handle", recording)
     applied: list[int] = []
     device = daemon.sim.devices[0]
     device.latency_s = 0.001  # let a queue build up on the lane

@@ -5,8 +5,11 @@ costs more than the rest of a dispatch together, so this module checks the reque
 hand and uses the library for what it is good at: result types, error results and response
 serialization.
 
-``handle_line`` does all of its synchronous work (parse, check, validate, queue GPU work)
-before returning. What is left is an awaitable the connection runs in its own task.
+``handle`` does all of its synchronous work (parse, check, validate, queue GPU work)
+before returning. What is left is an awaitable the connection runs in its own task. Replies
+come back unencoded: a batch of large results (256 ``rpc.discover`` are 5 MB of JSON) is
+encoded member by member with :func:`reply_parts`, only as fast as its client takes it.
+``handle_line`` is the same with the reply encoded at once, for callers that want bytes.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
 from typing import Any
 
 from jsonrpcserver.dispatcher import to_response
@@ -41,6 +44,10 @@ from zeusd.rpc.session import Session
 
 log = logging.getLogger(__name__)
 
+#: A reply before encoding: one response object, a batch's responses, or a ready line.
+Message = dict[str, Any] | list[dict[str, Any]] | bytes
+#: What handle returns: a message to send now, nothing, or work to await first.
+Pending = Message | None | Awaitable[Message | None]
 #: What handle_line returns: bytes to send now, nothing, or work to await first.
 Reply = bytes | None | Awaitable[bytes | None]
 _Member = dict[str, Any] | None | Awaitable[dict[str, Any] | None]
@@ -64,6 +71,41 @@ def error_message(code: int, message: str, data: Any, id: Any = None) -> dict[st
 
 def parse_error(reason: str) -> bytes:
     return encode(error_message(PARSE_ERROR, "Parse error", reason))
+
+
+def _encode_member(message: dict[str, Any]) -> bytes:
+    """One response as compact JSON (no newline); a result JSON cannot carry becomes -32603."""
+    try:
+        return json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError):  # a handler returned something JSON cannot carry
+        log.exception("cannot serialize a response")
+        error = error_message(-32603, "Internal error", "unserializable result")
+        error["id"] = message.get("id")
+        return json.dumps(error, separators=(",", ":")).encode()
+
+
+def encode_reply(message: Message | None) -> bytes | None:
+    """The whole line of *message* at once (None stays None)."""
+    if message is None or isinstance(message, bytes):
+        return message
+    if isinstance(message, dict):
+        return _encode_member(message) + b"\n"
+    return b"".join(reply_parts(message))
+
+
+def reply_parts(message: Message) -> Iterator[bytes]:
+    """The line of *message* in pieces, each encoded only when asked for: one piece per
+    batch member, so a large batch never sits in memory as one big line."""
+    if isinstance(message, bytes):
+        yield message
+    elif isinstance(message, dict):
+        yield _encode_member(message) + b"\n"
+    else:
+        separator = b"["
+        for member in message:
+            yield separator + _encode_member(member)
+            separator = b","
+        yield b"]\n"
 
 
 def _shape_problem(obj: dict[str, Any]) -> str | None:
@@ -98,6 +140,17 @@ class Dispatcher:
 
     def handle_line(self, line: bytes, session: Session) -> Reply:
         """Process one line from *session*'s connection; see :data:`Reply`."""
+        pending = self.handle(line, session)
+        if inspect.isawaitable(pending):
+            return self._encode_later(pending)
+        return encode_reply(pending)
+
+    @staticmethod
+    async def _encode_later(pending: Awaitable[Message | None]) -> bytes | None:
+        return encode_reply(await pending)
+
+    def handle(self, line: bytes, session: Session) -> Pending:
+        """Process one line from *session*'s connection; see :data:`Pending`."""
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -110,7 +163,7 @@ class Dispatcher:
             return parse_error(f"not JSON: {exc}" if isinstance(exc, ValueError) else "too deep")
 
         if not isinstance(doc, list):
-            return self._reply_one(self._start(doc, session))
+            return self._start(doc, session)
         if not doc:
             return encode(error_message(INVALID_REQUEST, "Invalid Request", "empty batch"))
         if len(doc) > self._max_batch:
@@ -211,34 +264,17 @@ class Dispatcher:
 
     # -- replies ---------------------------------------------------------------------------
 
-    def _reply_one(self, member: _Member) -> Reply:
-        if member is None or isinstance(member, dict):
-            return self._encode(member)
-        return self._await_one(member)
-
-    async def _await_one(self, member: Awaitable[dict[str, Any] | None]) -> bytes | None:
-        return self._encode(await member)
-
-    def _reply_batch(self, members: list[_Member]) -> Reply:
+    def _reply_batch(self, members: list[_Member]) -> Pending:
         if any(inspect.isawaitable(m) for m in members):
             return self._await_batch(members)
-        return self._encode_batch(members)  # type: ignore[arg-type]
+        return self._batch_message(members)  # type: ignore[arg-type]
 
-    async def _await_batch(self, members: list[_Member]) -> bytes | None:
+    async def _await_batch(self, members: list[_Member]) -> Message | None:
         # Every member's GPU work is already queued, so awaiting them in turn costs nothing.
         done = [await m if inspect.isawaitable(m) else m for m in members]
-        return self._encode_batch(done)
-
-    def _encode_batch(self, members: list[dict[str, Any] | None]) -> bytes | None:
-        responses = [m for m in members if m is not None]
-        return self._encode(responses) if responses else None
+        return self._batch_message(done)
 
     @staticmethod
-    def _encode(message: Any) -> bytes | None:
-        if message is None:
-            return None
-        try:
-            return encode(message)
-        except (TypeError, ValueError):  # a handler returned something JSON cannot carry
-            log.exception("cannot serialize a response")
-            return encode(error_message(-32603, "Internal error", "unserializable result"))
+    def _batch_message(members: list[dict[str, Any] | None]) -> Message | None:
+        responses = [m for m in members if m is not None]
+        return responses or None

@@ -5,8 +5,11 @@ its reply is written when it completes, so a slow GPU never holds up a read of a
 
 What one client can hold is bounded: at most ``max_in_flight`` requests at a time (beyond
 that the connection is simply not read, which pushes back on the client through TCP/UDS
-flow control), a started line must be finished within ``client_timeout`` seconds, and a
-reply the client does not take within that time ends the connection. A connection that
+flow control), at most ``OUTGOING_CAP`` bytes of replies queued for it (a request keeps its
+slot until its reply is queued, a reply waits for room before it is queued, a batch's reply
+is encoded member by member as room appears, and nothing more is read while the queue is
+full), a started line must be finished within ``client_timeout`` seconds, and a reply the
+client does not take within that time ends the connection. A connection that
 sends nothing at all is left alone: holding a connection open is legitimate (subscriptions,
 a training job's whole run); ``--max-connections`` bounds how many there are.
 
@@ -23,18 +26,23 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+from collections.abc import Iterator
 
 import trio
 
-from zeusd.rpc.dispatch import Dispatcher, parse_error
+from zeusd.rpc.dispatch import Dispatcher, Message, encode_reply, parse_error, reply_parts
 from zeusd.rpc.framing import LineBuffer
 from zeusd.rpc.session import Session
 
 log = logging.getLogger(__name__)
 
 RECEIVE_BYTES = 65536
-#: Queued reply bytes beyond which a replying task waits for the client to read.
+#: Reply bytes queued for one client (written or not yet) beyond which nothing more is
+#: queued or read until the client takes some: the bound on what a client that does not
+#: read can make the daemon hold (plus one batch member or reply being added).
 OUTGOING_CAP = 1 << 20
+#: A batch's reply is handed to the socket in writes of about this size.
+WRITE_CHUNK = 1 << 16
 #: At close, how long a notification line already being written may take to finish.
 WRITE_GRACE_S = 1.0
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
@@ -59,9 +67,13 @@ class Connection:
         self.session = session
         self._dispatcher = dispatcher
         self._buffer = LineBuffer(max_line_bytes)
-        # Bytes queued for the client; see _send.
+        # Bytes queued for the client, and those of the write under way; see _send.
         self._outgoing = bytearray()
+        self._writing = 0
         self._flushing = False
+        # A batch's line is being queued piece by piece: nobody else may queue meanwhile.
+        self._streaming = False
+        # Set (and replaced) whenever a write finishes or a streamed line is complete.
         self._flushed = trio.Event()
         self._dead = False
         self._stop_reading = False
@@ -156,7 +168,7 @@ class Connection:
                 await self._has_ready.wait()
                 if self._closing:
                     return
-                if self._flushing:
+                if self._flushing or self._streaming:
                     # One line at a time behind a slow reader: while it waits here, newer
                     # samples replace older ones in their slots instead of piling up.
                     await self._flushed.wait()
@@ -176,6 +188,11 @@ class Connection:
         """Read until EOF or drain (True) or until the peer is gone or broke framing (False)."""
         line_deadline = math.inf
         while not self._stop_reading:
+            if self._queued() > OUTGOING_CAP:
+                # The client is not taking its replies: read nothing more until it does.
+                await self._room()
+                if self._stop_reading:
+                    break
             self._receive_scope = trio.CancelScope(deadline=line_deadline)
             data: bytes | bytearray = b""
             with self._receive_scope:
@@ -227,7 +244,7 @@ class Connection:
         keys: list[str] = []
         self._line_keys = keys
         try:
-            reply = self._dispatcher.handle_line(line, self.session)
+            reply = self._dispatcher.handle(line, self.session)
         except BaseException:
             self._slots.release()
             raise
@@ -236,51 +253,108 @@ class Connection:
         if inspect.isawaitable(reply):
             in_flight.start_soon(self._finish, reply, keys)
             return
-        self._slots.release()
-        if isinstance(reply, bytes):
-            await self._send(reply)
+        try:
+            if reply is not None:
+                await self._send_message(reply)
+        finally:
+            self._slots.release()
         self._release(keys)
 
     async def _finish(self, reply: object, keys: list[str]) -> None:
         assert inspect.isawaitable(reply)
+        # The slot is held until the reply is queued: requests whose replies wait for room
+        # still count against --max-in-flight, so they stop the reading too.
         try:
-            data = await reply
+            message = await reply
+            if message is not None:
+                await self._send_message(message)
         finally:
             self._slots.release()
-        if data is not None:
-            await self._send(data)
         self._release(keys)
 
+    async def _send_message(self, message: Message) -> bool:
+        if isinstance(message, list):
+            return await self._send_parts(reply_parts(message))
+        data = encode_reply(message)
+        assert data is not None
+        return await self._send(data)
+
+    def _queued(self) -> int:
+        """Reply bytes held for the client: queued, plus those of the write under way."""
+        return len(self._outgoing) + self._writing
+
+    def _changed(self) -> None:
+        self._flushed.set()
+        self._flushed = trio.Event()
+
+    async def _room(self) -> None:
+        """Wait until the queue is under OUTGOING_CAP (or the connection is done for)."""
+        while self._queued() > OUTGOING_CAP and self._flushing and not self._dead:
+            await self._flushed.wait()
+
     async def _send(self, data: bytes) -> bool:
-        """Queue *data* for the client. False: the connection is done for.
+        """Queue *data* (one line or more) for the client. False: the connection is done for.
 
         Replies and notifications go into one buffer, in the order they are queued; whoever
         finds no write under way writes everything queued, so concurrent replies share one
-        system call instead of queueing on a lock. A task whose reply lands far behind a
-        client that does not read waits, so the buffer stays bounded.
+        system call instead of queueing on a lock. A reply waits before it is queued while
+        the buffer is full or a batch's line is being queued, so the buffer stays bounded.
         """
+        while (self._streaming or self._queued() > OUTGOING_CAP) and not self._dead:
+            await self._flushed.wait()
         if self._dead:
             return False
         self._outgoing += data
-        if self._flushing:
-            if len(self._outgoing) > OUTGOING_CAP:
-                await self._flushed.wait()
-            return not self._dead
+        if not self._flushing:
+            await self._flush()
+        return not self._dead
+
+    async def _send_parts(self, parts: Iterator[bytes]) -> bool:
+        """Queue one line made of *parts*, taking (encoding) each only when there is room.
+
+        A large batch reply thus costs at most OUTGOING_CAP plus one member, and encoding it
+        never runs ahead of a client that does not read.
+        """
+        while (self._streaming or self._queued() > OUTGOING_CAP) and not self._dead:
+            await self._flushed.wait()
+        self._streaming = True
+        try:
+            for part in parts:
+                if self._dead:
+                    return False
+                self._outgoing += part
+                if len(self._outgoing) < WRITE_CHUNK:
+                    continue
+                if not self._flushing:
+                    await self._flush()  # writes it ourselves; yields to others meanwhile
+                elif self._queued() > OUTGOING_CAP:
+                    await self._room()
+            if self._outgoing and not self._flushing and not self._dead:
+                await self._flush()
+        finally:
+            self._streaming = False
+            self._changed()
+        return not self._dead
+
+    async def _flush(self) -> None:
+        """Write everything queued, including what others queue meanwhile."""
         self._flushing = True
         try:
             while self._outgoing and not self._dead:
-                chunk = bytes(self._outgoing)
-                self._outgoing.clear()
+                # Handed over whole, not copied: a new buffer takes what is queued meanwhile.
+                chunk, self._outgoing = self._outgoing, bytearray()
+                self._writing = len(chunk)
                 await self._write(chunk)
+                self._writing = 0
+                del chunk
         finally:
             self._flushing = False
+            self._writing = 0
             if self._dead:
-                self._outgoing.clear()
-            self._flushed.set()
-            self._flushed = trio.Event()
-        return not self._dead
+                self._outgoing = bytearray()
+            self._changed()
 
-    async def _write(self, data: bytes) -> None:
+    async def _write(self, data: bytes | bytearray) -> None:
         with trio.move_on_after(self._client_timeout) as scope:
             try:
                 await self._stream.send_all(data)
