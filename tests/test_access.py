@@ -89,3 +89,49 @@ def test_unix_socket_needs_no_token() -> None:
     """--token-key requires tokens on TCP only; Unix peers are identified by the kernel."""
     ctx = _context(token_transports=frozenset({"tcp"}))
     check_access(ctx, Session(transport="uds", uid=1000, gid=1000), WRITE)
+
+
+def _token_session(uid: int | None, scopes: tuple[str, ...], expires_at: int | None = None) -> Any:
+    transport = "tcp" if uid is None else "uds"
+    return Session(
+        transport=transport, uid=uid, gid=uid, subject="s", scopes=scopes, expires_at=expires_at
+    )
+
+
+def test_token_does_not_widen_a_unix_peer() -> None:
+    """A uid outside --control-uids stays refused gpu-control with a gpu-control token."""
+    ctx = _context(control_uids=frozenset({5}), token_transports=frozenset({"tcp"}))
+    session = _token_session(1000, ("gpu-control", "gpu-read"))
+    with pytest.raises(PermissionDeniedError, match="uid 1000"):
+        check_access(ctx, session, WRITE)
+    assert allowed_groups(ctx, session) == ["gpu-read"]
+
+
+def test_token_narrows_a_unix_peer() -> None:
+    """A listed uid (and root) with a gpu-read token may no longer write."""
+    ctx = _context(control_uids=frozenset({5}))
+    for uid in (5, 0):
+        with pytest.raises(PermissionDeniedError, match="does not grant 'gpu-control'"):
+            check_access(ctx, _token_session(uid, ("gpu-read",)), WRITE)
+    check_access(ctx, _token_session(5, ("gpu-control",)), WRITE)
+
+
+def test_tcp_token_is_the_identity() -> None:
+    """On TCP, a gpu-control token writes even under a uid policy (there is no uid)."""
+    ctx = _context(control_uids=frozenset({5}), token_transports=frozenset({"tcp"}))
+    check_access(ctx, _token_session(None, ("gpu-control",)), WRITE)
+
+
+@pytest.mark.parametrize("uid", [None, 1000, 0])
+def test_expired_token_locks_every_transport(uid: int | None) -> None:
+    """After exp, the session is -32005 on UDS (root too) and TCP, and whoami lists nothing."""
+    now = [1000.0]
+    ctx = _context(token_transports=frozenset({"tcp"}), wall_clock=lambda: now[0])
+    session = _token_session(uid, ("gpu-control", "gpu-read"), expires_at=1010)
+    check_access(ctx, session, READ)
+    now[0] = 1010.0
+    for spec in (READ, WRITE, METHODS["session.whoami"]):
+        with pytest.raises(AuthRequiredError, match="expired"):
+            check_access(ctx, session, spec)
+    assert allowed_groups(ctx, session) == []
+    check_access(ctx, session, METHODS["session.authenticate"])  # to log in again

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import os
 import time
 
@@ -51,6 +54,64 @@ def test_forged_or_malformed_tokens_are_refused(token: str) -> None:
     """Wrong key, alg none, missing issuer, bad scopes and garbage are all refused."""
     with pytest.raises(tokens.TokenError):
         tokens.verify(KEY, token)
+
+
+def _signed(**claims: object) -> str:
+    return jwt.encode({"iss": "zeusd", "sub": "eve", "iat": 1, "scopes": []} | claims, KEY)
+
+
+def _crafted(payload: bytes) -> str:
+    """A correctly signed token whose payload is *payload* as is (JSON PyJWT would not write)."""
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    signing_input = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(payload)
+    signature = hmac.new(KEY, signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64(signature)
+
+
+_NOT_TOKENS: list[object] = [
+    "\ud800",  # a lone surrogate: PyJWT raised UnicodeEncodeError (-32603 with a traceback)
+    "\ud800.\ud800.\ud800",
+    "a.b.c\n2026-12-02 08:00:00,000 INFO zeusd.audit: forged",
+    "x" * 100_000,
+    5,
+    None,
+    True,
+    ["a.b.c"],
+    {"token": "a.b.c"},
+    _signed(exp=[1]),
+    _signed(exp="99999999999"),  # a string: it used to mean "never expires"
+    _signed(exp=None),
+    _signed(exp=True),
+    _signed(exp={"at": 1}),
+    _signed(iat=[1]),
+    _signed(nbf={}),
+    _signed(sub=5),
+    _signed(scopes=[1]),
+    _crafted(b'{"iss":"zeusd","sub":"eve","iat":1,"scopes":[],"exp":Infinity}'),
+    _crafted(b'{"iss":"zeusd","sub":"eve","iat":1,"scopes":[],"exp":NaN}'),
+    _crafted(b'{"iss":"zeusd","sub":"eve","iat":Infinity,"scopes":[]}'),
+    _crafted(b"[1,2,3]"),
+    _crafted(b"\xff\xfe"),
+    _crafted(b"[" * 100_000),
+]
+
+
+@pytest.mark.parametrize("token", _NOT_TOKENS, ids=range(len(_NOT_TOKENS)))
+def test_anything_but_a_valid_token_is_a_token_error(token: object) -> None:
+    """Non-strings, non-JWTs and tokens with mistyped claims raise TokenError, nothing else."""
+    with pytest.raises(tokens.TokenError):
+        tokens.verify(KEY, token)
+
+
+def test_expiry_is_checked_against_the_given_clock() -> None:
+    """``now`` decides expiry: before exp the token is good, at exp it is refused."""
+    token = tokens.issue(KEY, "a", ["gpu-read"], 60, now=1000)
+    assert tokens.verify(KEY, token, now=1059.5).expires_at == 1060
+    with pytest.raises(tokens.TokenError, match="expired"):
+        tokens.verify(KEY, token, now=1060)
 
 
 def test_tampered_payload_is_refused() -> None:

@@ -185,6 +185,55 @@ async def test_token_expiring_mid_session_locks_it(opened: Opened) -> None:
     assert "expired" in response["error"]["data"]["reason"]
 
 
+@pytest.mark.parametrize("mode", ["uds", "tcp"])
+async def test_expiry_relocks_unix_and_tcp_sessions(
+    opened: Opened, mock_clock: trio.testing.MockClock, mode: str
+) -> None:
+    """Past the token's exp (virtual clock), the session is -32005 on UDS (root too) and TCP."""
+    mock_clock.rate = 1
+    if mode == "tcp":
+        daemon = await opened.tcp_daemon(token_key=KEY)
+    else:
+        daemon = await opened.daemon(2, token_key=KEY)
+    client = await opened.connect(daemon)
+    token = tokens.issue(KEY, "short", ["gpu-read", "gpu-control"], 3600)
+    await client.result("session.authenticate", {"token": token})
+    assert set(await client.result("gpu.get_power_limit", {"gpu_ids": [0]})) == {"0"}
+    mock_clock.jump(3600)
+    for method, params in [
+        ("gpu.get_power_limit", {"gpu_ids": [0]}),
+        ("gpu.set_power_limit", {"gpu_ids": [0], "power_limit_mw": 300_000}),
+        ("session.whoami", None),
+    ]:
+        response = await client.call(method, params)
+        assert _code(response) == -32005, (method, response)
+        assert "expired" in response["error"]["data"]["reason"]
+    assert daemon.sim.devices[0].power_limit_mw == DEFAULT_MW
+    fresh = tokens.issue(KEY, "again", ["gpu-read"], 7200)
+    await client.result("session.authenticate", {"token": fresh})
+    assert set(await client.result("gpu.get_power_limit", {"gpu_ids": [0]})) == {"0"}
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["\ud800", "", 5, None, ["x"], "not a jwt at all", "a.b.c\nINFO zeusd.audit: forged"],
+)
+async def test_token_that_is_no_jwt_is_auth_required(
+    opened: Opened, caplog: pytest.LogCaptureFixture, token: object
+) -> None:
+    """Any non-JWT token is -32005 with one short warning, never -32603 or a traceback."""
+    daemon = await opened.tcp_daemon(token_key=KEY)
+    client = await opened.connect(daemon)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            response = await client.call("session.authenticate", {"token": token})
+            assert _code(response) == -32005, response
+    refused = [r for r in caplog.records if "authentication refused" in r.getMessage()]
+    assert len(refused) == 3
+    assert all(r.exc_info is None and len(r.getMessage()) < 300 for r in refused)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 # --- limits -----------------------------------------------------------------------------
 
 

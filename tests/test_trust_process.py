@@ -141,6 +141,64 @@ def test_token_issue_and_tcp_authentication(tmp_dir: str) -> None:
     assert "ci-job" in daemon.log
 
 
+def _issue(key: str, scopes: str, expires: str) -> str:
+    issued = run_zeusd(
+        "token", "issue", "--token-key", key, "--subject", "job", "--scopes", scopes,
+        "--expires", expires,
+    )  # fmt: skip
+    assert issued.returncode == 0, issued.stderr
+    return issued.stdout.strip()
+
+
+def test_lone_surrogate_token_is_auth_required_without_traceback(tmp_dir: str) -> None:
+    """100 authenticates with the token "\\ud800" over TCP: 100 x -32005, no traceback."""
+    key = _write_key(tmp_dir)
+    args = ("--mode", "tcp", "--tcp-bind-address", "127.0.0.1:0", "--token-key", key)
+    with running_daemon(*args) as daemon:
+        line = b'{"jsonrpc":"2.0","method":"session.authenticate","params":{"token":"\\ud800"},'
+        data = b"".join(line + b'"id":%d}\n' % i for i in range(100))
+        replies = daemon.exchange(data)
+        assert len(replies) == 100
+        assert all(error_of(r, -32005) for r in replies)
+        daemon.stop()
+        refused = [ln for ln in daemon.log.splitlines() if "authentication refused" in ln]
+        assert "Traceback" not in daemon.log
+        assert " ERROR " not in daemon.log
+        assert len(refused) == 100
+        assert max(len(ln) for ln in refused) < 300
+
+
+def test_token_cannot_widen_a_unix_peer(tmp_dir: str) -> None:
+    """Another user outside --control-uids, with a gpu-control token, still gets -32002."""
+    uid, _, run_as = _other_user()
+    key = _write_key(tmp_dir)
+    token = _issue(key, "gpu-control,gpu-read", "1h")
+    path = _sock(tmp_dir)
+    with running_daemon("--control-uids", "12345", "--token-key", key, socket_path=path) as d:
+        auth = request("session.authenticate", "a", token=token)
+        replies = {r["id"]: r for r in _exchange_as(path, lines(auth, _WRITE, _WHOAMI), run_as)}
+        assert result_of(replies["a"])["scopes"] == ["gpu-control", "gpu-read"]
+        assert f"uid {uid}" in error_of(replies["w"], -32002)["data"]["reason"]
+        assert result_of(replies["me"])["allowed_groups"] == ["gpu-read"]
+        with d.connect() as root:
+            assert result_of(root.call("gpu.get_power_limit", gpu_ids=[0])) == {
+                "0": {"power_limit_mw": DEFAULT_MW}
+            }
+
+
+def test_expired_token_relocks_a_unix_session(tmp_dir: str) -> None:
+    """On the Unix socket, once the token's exp passes the session is -32005, root too."""
+    key = _write_key(tmp_dir)
+    token = _issue(key, "gpu-control,gpu-read", "2s")
+    path = _sock(tmp_dir)
+    with running_daemon("--token-key", key, socket_path=path) as daemon, daemon.connect() as c:
+        expires_at = result_of(c.call("session.authenticate", token=token))["expires_at"]
+        result_of(c.call("gpu.get_power_limit", gpu_ids=[0]))
+        time.sleep(max(0.0, expires_at - time.time()) + 0.5)
+        error_of(c.call("gpu.get_power_limit", gpu_ids=[0]), -32005)
+        error_of(c.call("gpu.set_power_limit", gpu_ids=[0], power_limit_mw=300_000), -32005)
+
+
 @pytest.mark.parametrize("mode", [0o644, 0o640])
 def test_readable_key_is_refused(tmp_dir: str, mode: int) -> None:
     """Daemon and token command both refuse a key group or others can read."""

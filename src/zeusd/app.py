@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import attrs
@@ -88,6 +89,12 @@ def _restore_all(context: Context) -> None:
         log.info("restoring %d GPU setting(s) changed since start-up", len(jobs))
 
 
+def trio_wall_clock() -> Callable[[], float]:
+    """Unix time that advances with trio's clock, so that a virtual clock moves it in tests."""
+    offset = time.time() - trio.current_time()
+    return lambda: offset + trio.current_time()
+
+
 @attrs.frozen
 class Running:
     """Handed to whoever started the daemon: where it listens and how to stop it."""
@@ -123,11 +130,12 @@ async def serve(
         gpu_power=gpu_power,
         cpu_power=cpu_power,
         token_key=config.token_key,
-        # A token on a Unix socket is optional (it narrows or widens nothing the peer's
-        # uid does not already say); TCP has no peer identity, so there it is required.
+        # A token on a Unix socket is optional (it can only narrow what the peer's uid may
+        # do); TCP has no peer identity, so there it is required.
         token_transports=frozenset({"tcp"}) if config.token_key is not None else frozenset(),
         control_uids=config.control_uids,
         control_gids=config.control_gids,
+        wall_clock=trio_wall_clock(),
     )
     dispatcher = Dispatcher(build_methods(), context, config.max_batch)
     on_closed: Callable[[], None] = _nothing

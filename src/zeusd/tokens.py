@@ -7,6 +7,7 @@ key is the whole content of a file only root should be able to read.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -22,6 +23,11 @@ ALGORITHM = "HS256"
 MIN_KEY_BYTES = 32
 _DURATION = re.compile(r"([1-9][0-9]*)([smhd])")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+#: A compact JWS: base64url header, payload and signature. Anything else is refused before
+#: PyJWT sees it (a lone surrogate, for one, made PyJWT raise an encoding error).
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+#: Our tokens are a few hundred characters; a longer one is refused unread.
+MAX_TOKEN_CHARS = 8192
 
 
 class TokenKeyError(Exception):
@@ -93,29 +99,48 @@ def issue(
     return jwt.encode(claims, key, algorithm=ALGORITHM)
 
 
-def verify(key: bytes, token: object) -> Claims:
-    """Check *token*'s signature, issuer and expiry. Raises TokenError."""
+def verify(key: bytes, token: object, now: float | None = None) -> Claims:
+    """Check *token*'s shape, signature, issuer, claims and expiry at *now*. Raises TokenError.
+
+    Whatever a client sends, the outcome is Claims or TokenError, never another exception:
+    a token is client input, and an error in checking it must not become an internal error.
+    """
     if not isinstance(token, str) or not token:
         raise TokenError("'token' must be a non-empty string")
+    if len(token) > MAX_TOKEN_CHARS:
+        raise TokenError(f"the token is longer than {MAX_TOKEN_CHARS} characters")
+    if not _COMPACT_JWS.fullmatch(token):
+        raise TokenError("the token is not a JWT (three base64url parts separated by dots)")
     try:
         claims = jwt.decode(
             token,
             key,
             algorithms=[ALGORITHM],
             issuer=ISSUER,
-            options={"require": ["iss", "sub", "iat"]},
+            # exp is checked below, against the daemon's clock and with its type checked.
+            options={"require": ["iss", "sub", "iat"], "verify_exp": False},
         )
-    except jwt.ExpiredSignatureError:
-        raise TokenError("the token has expired") from None
     except jwt.InvalidTokenError as exc:
         raise TokenError(f"the token is not valid: {exc}") from None
+    except Exception as exc:  # PyJWT lets some malformed claims through as other errors
+        raise TokenError(f"the token is not valid: {type(exc).__name__}") from None
     subject = claims["sub"]
+    if not isinstance(subject, str):
+        raise TokenError("the token's 'sub' claim is not a string")
     scopes = claims.get("scopes")
     if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
         raise TokenError("the token's 'scopes' claim is not a list of API groups")
     expires = claims.get("exp")
-    return Claims(
-        subject=str(subject),
-        scopes=tuple(scopes),
-        expires_at=int(expires) if isinstance(expires, int | float) else None,
-    )
+    expires_at: int | None = None
+    if "exp" in claims:
+        # bool is an int subclass; a string or NaN would otherwise mean "never expires".
+        if (
+            isinstance(expires, bool)
+            or not isinstance(expires, int | float)
+            or not math.isfinite(expires)
+        ):
+            raise TokenError("the token's 'exp' claim is not a number")
+        expires_at = math.floor(expires)
+        if (time.time() if now is None else now) >= expires:
+            raise TokenError("the token has expired")
+    return Claims(subject=subject, scopes=tuple(scopes), expires_at=expires_at)

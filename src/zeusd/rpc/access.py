@@ -4,16 +4,15 @@ The one place for access rules, so that every method goes through the same gate.
 
 1. the method's API group must be enabled (-32004);
 2. on a transport that requires a token, only the methods a client needs to find the daemon
-   and to log in are open before ``session.authenticate`` succeeds (-32005); a token that
-   has since expired closes everything again;
-3. an authenticated session may call only the groups its token's scopes list (-32002);
-4. otherwise ``gpu-control`` is limited to root and the ``--control-uids``/``--control-gids``
-   when either is set (-32002). Reads stay open.
+   and to log in are open before ``session.authenticate`` succeeds (-32005);
+3. a session whose token has expired, on any transport, is locked the same way (-32005);
+4. an authenticated session may call only the groups its token's scopes list (-32002);
+5. ``gpu-control`` is limited to root and the ``--control-uids``/``--control-gids`` when
+   either is set (-32002), token or not: on a Unix socket a token only narrows what the
+   peer's uid may do. Reads stay open.
 """
 
 from __future__ import annotations
-
-import time
 
 from zeusd.rpc.context import Context
 from zeusd.rpc.errors import AuthRequiredError, GroupDisabledError, PermissionDeniedError
@@ -30,13 +29,12 @@ def check_access(context: Context, session: Session, spec: MethodSpec) -> None:
         raise GroupDisabledError(spec.name, spec.group)
     if spec.name in OPEN_BEFORE_AUTH:
         return
-    if context.requires_token(session.transport):
-        if not session.authenticated:
-            raise AuthRequiredError(
-                f"this connection must call session.authenticate with a token before {spec.name}"
-            )
-        if session.expires_at is not None and time.time() >= session.expires_at:
-            raise AuthRequiredError("the session's token has expired; authenticate again")
+    if context.requires_token(session.transport) and not session.authenticated:
+        raise AuthRequiredError(
+            f"this connection must call session.authenticate with a token before {spec.name}"
+        )
+    if expired(context, session):
+        raise AuthRequiredError("the session's token has expired; authenticate again")
     if spec.group is None:
         return
     reason = refusal(context, session, spec.group)
@@ -44,15 +42,20 @@ def check_access(context: Context, session: Session, spec: MethodSpec) -> None:
         raise PermissionDeniedError(spec.name, reason)
 
 
+def expired(context: Context, session: Session) -> bool:
+    """Whether *session* authenticated with a token that has expired since."""
+    return session.expires_at is not None and context.wall_clock() >= session.expires_at
+
+
 def refusal(context: Context, session: Session, group: str) -> str | None:
     """Why *session* may not call methods of *group* (enabled or not), or None."""
-    if session.uid == 0:
-        return None  # root can do all of this with nvidia-smi anyway
-    if session.scopes is not None:
-        if group in session.scopes:
-            return None
+    if session.scopes is not None and group not in session.scopes:
         granted = ", ".join(session.scopes) or "none"
         return f"the token of {session.subject!r} does not grant '{group}' (it grants: {granted})"
+    if session.uid == 0:
+        return None  # root can do all of this with nvidia-smi anyway
+    if session.scopes is not None and session.uid is None:
+        return None  # TCP: the token is the only identity there is
     if group != GPU_CONTROL or not context.restricts_control:
         return None
     if session.uid is None:
@@ -81,5 +84,7 @@ def describe_allowed(context: Context) -> str:
 def allowed_groups(context: Context, session: Session) -> list[str]:
     """The enabled groups *session* may call right now, for ``session.whoami``."""
     if context.requires_token(session.transport) and not session.authenticated:
+        return []
+    if expired(context, session):
         return []
     return [g for g in context.enabled_groups if refusal(context, session, g) is None]

@@ -3,7 +3,8 @@ hubs and the daemon's facts."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
@@ -45,6 +46,9 @@ class Context:
     #: Power subscriptions; None where the daemon runs without them (unit tests).
     gpu_power: PowerHub | None = None
     cpu_power: PowerHub | None = None
+    #: Unix time in seconds, for token expiry; app.serve derives it from trio's clock, so
+    #: tests can move it with a virtual clock.
+    wall_clock: Callable[[], float] = time.time
 
     @property
     def auth_required(self) -> bool:
