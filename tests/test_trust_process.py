@@ -189,9 +189,9 @@ def test_token_cannot_widen_a_unix_peer(tmp_dir: str) -> None:
 def test_expired_token_relocks_a_unix_session(tmp_dir: str) -> None:
     """On the Unix socket, once the token's exp passes the session is -32005, root too."""
     key = _write_key(tmp_dir)
-    token = _issue(key, "gpu-control,gpu-read", "2s")
     path = _sock(tmp_dir)
     with running_daemon("--token-key", key, socket_path=path) as daemon, daemon.connect() as c:
+        token = _issue(key, "gpu-control,gpu-read", "4s")
         expires_at = result_of(c.call("session.authenticate", token=token))["expires_at"]
         result_of(c.call("gpu.get_power_limit", gpu_ids=[0]))
         time.sleep(max(0.0, expires_at - time.time()) + 0.5)

@@ -35,6 +35,7 @@ from jsonrpcserver.result import (
 from jsonrpcserver.sentinels import NOID
 from oslash.either import Left
 
+from zeusd.logfmt import MAX_QUOTED_CHARS, clip
 from zeusd.rpc.access import check_access
 from zeusd.rpc.audit import record_write
 from zeusd.rpc.context import Context
@@ -244,7 +245,7 @@ class Dispatcher:
     def _error_result(request: Request, exc: Exception) -> Result:
         if isinstance(exc, JsonRpcError):
             return Error(exc.code, exc.message, exc.data)
-        log.exception("internal error in %s", request.method)
+        log.exception("internal error in %s", clip(request.method))
         return Left(InternalErrorResult(f"{type(exc).__name__}; see the daemon log"))
 
     @staticmethod
@@ -252,12 +253,13 @@ class Dispatcher:
         if request.id is NOID:
             if isinstance(result, Left):
                 err = result._error
+                # Method names and error data echo the client: quoted clipped and escaped.
                 log.warning(
                     "notification %s failed: %s (%d) %s",
-                    request.method,
+                    clip(request.method),
                     err.message,
                     err.code,
-                    err.data,
+                    clip(err.data, 2 * MAX_QUOTED_CHARS),
                 )
             return None
         return to_serializable_one(to_response(request, result))  # type: ignore[return-value]

@@ -13,6 +13,8 @@ from typing import Protocol
 
 import attrs
 
+from zeusd.logfmt import clip
+
 _ids = itertools.count(1)
 
 
@@ -72,11 +74,16 @@ class Session:
         return self.subject is not None
 
     def describe(self) -> str:
-        """Who this is, for log lines: the token subject, else the peer's pid/uid."""
+        """Who this is, for log lines: the token subject and/or the peer's pid/uid.
+
+        The subject is quoted clipped and escaped: it comes from a token, not from us.
+        """
+        peer = f"pid={self.pid} uid={self.uid} gid={self.gid}" if self.uid is not None else None
         if self.subject is not None:
-            return f"subject={self.subject!r}"
-        if self.uid is not None:
-            return f"pid={self.pid} uid={self.uid} gid={self.gid}"
+            subject = f"subject='{clip(self.subject)}'"
+            return subject if peer is None else f"{subject} {peer}"
+        if peer is not None:
+            return peer
         return f"{self.transport} connection #{self.id}"
 
     def identity(self) -> dict[str, object]:
@@ -87,7 +94,7 @@ class Session:
             "pid": self.pid,
             "uid": self.uid,
             "gid": self.gid,
-            "subject": self.subject,
+            "subject": None if self.subject is None else clip(self.subject),
         }
 
     #: Takes server-initiated lines (subscription notifications) for this client.

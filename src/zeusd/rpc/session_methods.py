@@ -7,6 +7,7 @@ import logging
 from jsonrpcserver.result import Result, Success
 
 from zeusd import tokens
+from zeusd.logfmt import clip
 from zeusd.rpc.context import Context
 from zeusd.rpc.errors import AuthRequiredError, InvalidParamsError
 from zeusd.rpc.methods import MethodSpec, Param, _object
@@ -42,17 +43,17 @@ def _authenticate(ctx: Context, session: Session, token: object) -> Result:
         # A non-string token is not a token: -32005 like any other bad token.
         claims = tokens.verify(ctx.token_key, token, now=ctx.wall_clock())
     except tokens.TokenError as exc:
-        log.warning("%s: authentication refused: %s", session.describe(), exc)
+        log.warning("%s: authentication refused: %s", session.describe(), clip(str(exc)))
         raise AuthRequiredError(str(exc)) from None
     session.subject = claims.subject
     session.scopes = claims.scopes
     session.expires_at = claims.expires_at
     log.info(
-        "%s connection #%d authenticated as %r (scopes: %s)",
+        "%s connection #%d authenticated as '%s' (scopes: %s)",
         session.transport,
         session.id,
-        claims.subject,
-        ", ".join(claims.scopes) or "none",
+        clip(claims.subject),
+        clip(", ".join(claims.scopes) or "none"),
     )
     return Success(
         {"subject": claims.subject, "scopes": list(claims.scopes), "expires_at": claims.expires_at}
