@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from zeusd.gpu.lanes import Job
-from zeusd.stream.hub import PowerHub
+from zeusd.stream.hub import PowerHub, SubscriptionBudget, SubscriptionLimitError
 
 
 class FakeSource:
@@ -179,3 +179,66 @@ async def test_no_line_after_unsubscribe(nursery: trio.Nursery, autojump_clock: 
     count = len(out.lines[sub])
     await trio.sleep(0.5)
     assert len(out.lines[sub]) == count > 0
+
+
+async def test_shared_budget_caps_subscriptions_over_hubs(
+    nursery: trio.Nursery, autojump_clock: Any
+) -> None:
+    """Two hubs sharing a budget of 3 refuse the 4th subscription until one ends."""
+    budget = SubscriptionBudget(3)
+    gpus = PowerHub("gpu.power", FakeSource(), range(2), budget)
+    cpus = PowerHub("cpu.power", FakeSource(), range(1), budget)
+    await nursery.start(gpus.run)
+    await nursery.start(cpus.run)
+    out = Recorder()
+    first = gpus.subscribe([0], 50, out)
+    gpus.subscribe([1], 50, out)
+    cpus.subscribe([0], 50, out)
+    with pytest.raises(SubscriptionLimitError, match="3 subscriptions"):
+        cpus.subscribe([0], 50, out)
+    assert gpus.subscriber_count + cpus.subscriber_count == 3
+    gpus.unsubscribe(first)
+    gpus.unsubscribe(first)  # twice gives nothing back twice
+    assert budget.used == 2
+    cpus.subscribe([0], 50, out)
+    with pytest.raises(SubscriptionLimitError):
+        gpus.subscribe([0], 50, out)
+
+
+async def test_churn_leaves_no_garbage(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    """Thousands of subscribe/unsubscribe cycles at many intervals leave the hub's own
+    bookkeeping the size of what is subscribed, and the poll at the remaining rate."""
+    source = FakeSource()
+    hub = await run_hub(nursery, source)
+    out = Recorder()
+    keep = hub.subscribe([0], 20, out)
+    for n in range(3000):
+        sub = hub.subscribe([0, 1], 1000 + n, out)
+        if n % 7 == 0:
+            await trio.sleep(0.05)  # let some be delivered and requeued first
+        hub.unsubscribe(sub)
+    assert hub.subscriber_count == 1
+    assert len(hub._due) <= 2 * 1 + 16 + 1
+    device = hub._devices[0]
+    assert len(device.intervals) <= 2 * len(device.counts) + 8 + 1
+    assert hub._devices[1].interval is None
+    before = dict(source.reads)
+    await trio.sleep(1.0)
+    assert 45 <= source.reads[0] - before[0] <= 55
+    assert source.reads.get(1, 0) == before.get(1, 0)
+    assert out.lines[keep]
+
+
+async def test_subscriber_waiting_for_a_slow_device_gets_its_next_sample(
+    nursery: trio.Nursery, autojump_clock: Any
+) -> None:
+    """Due with nothing new, a subscriber gets the device's next sample as soon as it lands."""
+    source = FakeSource(lambda d, n: "hang")
+    hub = await run_hub(nursery, source, devices=1)
+    out = Recorder()
+    sub = hub.subscribe([0], 10, out)
+    await trio.sleep(1.0)
+    assert sub not in out.lines
+    source.held[0].finish(outcome.Value(42))
+    await trio.sleep(0.011)
+    assert out.lines[sub][0]["params"]["power_mw"] == {"0": 42}

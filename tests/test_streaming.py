@@ -333,3 +333,52 @@ async def test_explicit_cpu_read_without_rapl_is_a_startup_error(
     """Asking for cpu-read where there is no RAPL tree fails start-up, naming the path."""
     with pytest.raises(StartupError, match=r"cpu-read: no RAPL powercap tree at .*no-powercap"):
         await start_sim_daemon(nursery, default_sim_gpus(1), sock_dir, enable=("cpu-read",))
+
+
+async def test_subscriptions_per_connection_are_capped(
+    nursery: trio.Nursery, sock_dir: str
+) -> None:
+    """Past --max-subscriptions-per-connection a subscribe is -32602 naming the limit."""
+    daemon = await start_sim_daemon(
+        nursery, default_sim_gpus(1), sock_dir, max_subscriptions_per_connection=3
+    )
+    client, other = await daemon.connect(), await daemon.connect()
+    params = {"interval_ms": 1000}
+    subs = [(await answer(client, "gpu.subscribe_power", params))["result"] for _ in range(3)]
+    refused = await answer(client, "gpu.subscribe_power", params)
+    assert refused["error"]["code"] == -32602
+    assert refused["error"]["data"]["param"] == "gpu_ids"
+    assert "--max-subscriptions-per-connection 3" in refused["error"]["data"]["reason"]
+    # The cap is per connection: another one may still subscribe.
+    assert "result" in await answer(other, "gpu.subscribe_power", params)
+    unsubscribed = await answer(client, "unsubscribe", subs[0])
+    assert unsubscribed["result"] is True
+    assert "result" in await answer(client, "gpu.subscribe_power", params)
+    await client.aclose()
+    await other.aclose()
+    daemon.running.server.stop(force=True)
+
+
+async def test_subscriptions_in_total_are_capped(
+    nursery: trio.Nursery, sock_dir: str, rapl_root: str
+) -> None:
+    """Past --max-subscriptions (GPU and CPU together) a subscribe is -32602 naming it;
+    a closed connection gives its subscriptions back."""
+    daemon = await start_sim_daemon(
+        nursery, default_sim_gpus(1), sock_dir, rapl_root=rapl_root, max_subscriptions=2
+    )
+    first, second = await daemon.connect(), await daemon.connect()
+    assert "result" in await answer(first, "gpu.subscribe_power", {"interval_ms": 1000})
+    assert "result" in await answer(second, "cpu.subscribe_power", {"interval_ms": 1000})
+    refused = await answer(second, "gpu.subscribe_power", {"interval_ms": 1000})
+    assert refused["error"]["code"] == -32602
+    assert "--max-subscriptions 2" in refused["error"]["data"]["reason"]
+    await first.aclose()
+    hub = daemon.running.context.gpu_power
+    assert hub is not None
+    with trio.fail_after(5):
+        while hub.subscriber_count:
+            await trio.sleep(0.01)
+    assert "result" in await answer(second, "gpu.subscribe_power", {"interval_ms": 1000})
+    await second.aclose()
+    daemon.running.server.stop(force=True)

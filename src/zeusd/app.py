@@ -25,7 +25,7 @@ from zeusd.server import listeners
 from zeusd.server.daemon import Server, stop_on_signals
 from zeusd.server.listeners import StartupError
 from zeusd.sim import SimConfigError, SimNvml, default_sim_gpus, load_sim_config
-from zeusd.stream.hub import PowerHub
+from zeusd.stream.hub import PowerHub, SubscriptionBudget
 from zeusd.stream.sources import CpuPowerSource, GpuPowerSource
 
 log = logging.getLogger(__name__)
@@ -115,10 +115,15 @@ async def serve(
     groups, cpus = enabled_groups(config)
     lanes = GpuLanes(len(backend.devices), trio.CapacityLimiter(config.num_workers))
     cpu_table = CpuTable(cpus)
+    # One budget for both hubs: --max-subscriptions counts GPU and CPU subscriptions.
+    budget = SubscriptionBudget(config.max_subscriptions)
     gpu_power = PowerHub(
-        "gpu.power", GpuPowerSource(backend.devices, lanes), range(len(backend.devices))
+        "gpu.power",
+        GpuPowerSource(backend.devices, lanes),
+        range(len(backend.devices)),
+        budget,
     )
-    cpu_power = PowerHub("cpu.power", CpuPowerSource(cpus), (cpu.id for cpu in cpus))
+    cpu_power = PowerHub("cpu.power", CpuPowerSource(cpus), (cpu.id for cpu in cpus), budget)
     context = Context(
         version=__version__,
         backend=backend.name,
@@ -129,6 +134,7 @@ async def serve(
         cpus=cpu_table,
         gpu_power=gpu_power,
         cpu_power=cpu_power,
+        max_subscriptions_per_connection=config.max_subscriptions_per_connection,
         token_key=config.token_key,
         # A token on a Unix socket is optional (it can only narrow what the peer's uid may
         # do); TCP has no peer identity, so there it is required.

@@ -20,6 +20,8 @@ from zeusd.config import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_LINE_BYTES,
+    DEFAULT_MAX_SUBSCRIPTIONS,
+    DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION,
     DEFAULT_RAPL_ROOT,
     DEFAULT_SIM_GPUS,
     DEFAULT_SOCKET_PATH,
@@ -214,6 +216,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="most requests in one batch (%(default)s)",
     )
     trust.add_argument(
+        "--max-subscriptions",
+        type=_positive,
+        default=DEFAULT_MAX_SUBSCRIPTIONS,
+        help="power subscriptions the daemon holds at most, over all connections (%(default)s)",
+    )
+    trust.add_argument(
+        "--max-subscriptions-per-connection",
+        type=_positive,
+        default=DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION,
+        help="power subscriptions one connection may hold at once (%(default)s)",
+    )
+    trust.add_argument(
         "--client-timeout",
         type=_seconds,
         default=DEFAULT_CLIENT_TIMEOUT_S,
@@ -274,6 +288,8 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         max_in_flight=args.max_in_flight,
         max_batch=args.max_batch,
         client_timeout=args.client_timeout,
+        max_subscriptions=args.max_subscriptions,
+        max_subscriptions_per_connection=args.max_subscriptions_per_connection,
         enable=args.enable,
         rapl_root=args.rapl_root,
     )

@@ -14,6 +14,8 @@ DEFAULT_MAX_CONNECTIONS = 1024
 DEFAULT_MAX_IN_FLIGHT = 64
 DEFAULT_MAX_BATCH = 256
 DEFAULT_CLIENT_TIMEOUT_S = 30.0
+DEFAULT_MAX_SUBSCRIPTIONS = 1024
+DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION = 32
 DEFAULT_RAPL_ROOT = "/sys/class/powercap"
 
 
@@ -45,6 +47,8 @@ class Config:
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     max_batch: int = DEFAULT_MAX_BATCH
     client_timeout: float = DEFAULT_CLIENT_TIMEOUT_S
+    max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS
+    max_subscriptions_per_connection: int = DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION
     #: API groups named by --enable; None: every group the node can serve.
     enable: tuple[str, ...] | None = None
     rapl_root: str = DEFAULT_RAPL_ROOT

@@ -49,6 +49,8 @@ class Context:
     #: Unix time in seconds, for token expiry; app.serve derives it from trio's clock, so
     #: tests can move it with a virtual clock.
     wall_clock: Callable[[], float] = time.time
+    #: --max-subscriptions-per-connection (the daemon-wide cap is the hubs' shared budget).
+    max_subscriptions_per_connection: int = 32
 
     @property
     def auth_required(self) -> bool:

@@ -11,7 +11,12 @@ from zeusd.rpc.context import Context
 from zeusd.rpc.errors import InvalidParamsError
 from zeusd.rpc.params import check_int, show
 from zeusd.rpc.session import Session
-from zeusd.stream.hub import MAX_INTERVAL_MS, MIN_INTERVAL_MS, PowerHub
+from zeusd.stream.hub import (
+    MAX_INTERVAL_MS,
+    MIN_INTERVAL_MS,
+    PowerHub,
+    SubscriptionLimitError,
+)
 
 
 def _flag(name: str, value: object) -> bool:
@@ -21,13 +26,30 @@ def _flag(name: str, value: object) -> bool:
 
 
 def _start(
-    hub: PowerHub | None, session: Session, kind: str, devices: Iterable[int], interval: object
+    ctx: Context,
+    hub: PowerHub | None,
+    session: Session,
+    kind: str,
+    devices: Iterable[int],
+    interval: object,
 ) -> Result:
     targets = tuple(devices)
     interval_ms = check_int("interval_ms", interval, MIN_INTERVAL_MS, MAX_INTERVAL_MS)
     if hub is None or not targets:
         raise InvalidParamsError(f"{kind}_ids", f"this node has no {kind.upper()}s to stream")
-    sub_id = hub.subscribe(targets, interval_ms, session.outbox)
+    limit = ctx.max_subscriptions_per_connection
+    if len(session.subscriptions) >= limit:
+        raise InvalidParamsError(
+            f"{kind}_ids",
+            f"this connection has {limit} subscriptions, the most allowed "
+            f"(--max-subscriptions-per-connection {limit}); unsubscribe one first",
+        )
+    try:
+        sub_id = hub.subscribe(targets, interval_ms, session.outbox)
+    except SubscriptionLimitError as exc:
+        raise InvalidParamsError(
+            f"{kind}_ids", f"{exc} (--max-subscriptions {exc.limit}); try again later"
+        ) from None
     outbox = session.outbox
     outbox.register(sub_id)
 
@@ -43,14 +65,14 @@ def subscribe_gpu_power(
     ctx: Context, session: Session, gpu_ids: object, interval_ms: object
 ) -> Result:
     targets = [gpu.index for gpu in ctx.gpus.resolve(gpu_ids)]
-    return _start(ctx.gpu_power, session, "gpu", targets, interval_ms)
+    return _start(ctx, ctx.gpu_power, session, "gpu", targets, interval_ms)
 
 
 def subscribe_cpu_power(
     ctx: Context, session: Session, cpu_ids: object, interval_ms: object
 ) -> Result:
     targets = [cpu.id for cpu in ctx.cpus.resolve(cpu_ids)]
-    return _start(ctx.cpu_power, session, "cpu", targets, interval_ms)
+    return _start(ctx, ctx.cpu_power, session, "cpu", targets, interval_ms)
 
 
 def unsubscribe(ctx: Context, session: Session, subscription: object) -> Result:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Iterator
 
 import trio
@@ -85,7 +86,9 @@ class Connection:
         # line, if any), subscriptions that may be written, and their unsent lines in order.
         self._held: dict[str, bytes | None] = {}
         self._open: set[str] = set()
-        self._ready: dict[str, bytes] = {}
+        # An OrderedDict: taking the oldest and moving a key to the end are O(1) (a dict's
+        # next(iter()) after many pops from its front is not).
+        self._ready: OrderedDict[str, bytes] = OrderedDict()
         self._has_ready = trio.Event()
         self._line_keys: list[str] | None = None
         self._closing = False
@@ -143,8 +146,8 @@ class Connection:
         if key in self._held:
             self._held[key] = line
         elif key in self._open:
-            self._ready.pop(key, None)  # re-insert: slots go out oldest-first
             self._ready[key] = line
+            self._ready.move_to_end(key)  # slots go out oldest-first
             self._has_ready.set()
 
     def drop(self, key: str) -> None:
@@ -176,8 +179,8 @@ class Connection:
                 # Taken now, with no checkpoint before it is queued: an unsubscribe
                 # answered meanwhile has emptied its slot.
                 if self._ready:
-                    key = next(iter(self._ready))
-                    if not await self._send(self._ready.pop(key)):
+                    _, line = self._ready.popitem(last=False)
+                    if not await self._send(line):
                         return
                 if not self._ready:
                     self._has_ready = trio.Event()

@@ -13,14 +13,21 @@ for that device and is logged once per run of failures.
 
 Notifications go to each subscriber's :class:`Outbox`, which never blocks and keeps only
 the newest unsent line per subscription, so a slow reader slows nobody else.
+
+Costs never grow with the number of subscriptions of others: subscribing and unsubscribing
+touch only the subscription's own devices (each keeps a count of its subscribers per
+interval and a heap of those intervals, for its fastest one), and a round looks only at the
+subscribers that are due (a heap by due time) or that waited for a sample of a device that
+just got one. How many subscriptions there are at all is capped by a shared
+:class:`SubscriptionBudget`.
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import json
 import logging
-import math
 import time
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -57,6 +64,30 @@ class PowerSource(Protocol):
         """Begin one read; the job's value is the sample, or None for no sample yet."""
 
 
+class SubscriptionLimitError(Exception):
+    """Taking one more subscription would pass the daemon-wide limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the daemon has {limit} subscriptions, the most allowed")
+        self.limit = limit
+
+
+class SubscriptionBudget:
+    """How many subscriptions the daemon holds, over every hub that shares this budget."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self) -> None:
+        if self.limit is not None and self.used >= self.limit:
+            raise SubscriptionLimitError(self.limit)
+        self.used += 1
+
+    def give_back(self) -> None:
+        self.used -= 1
+
+
 @attrs.define(eq=False)
 class _Device:
     id: int
@@ -67,6 +98,33 @@ class _Device:
     value: Any = None
     timestamp_ms: int = 0
     failures: int = 0
+    # Subscribers per interval, and those intervals as a heap (the fastest on top); an
+    # interval nobody uses any more leaves the heap when it comes to the top.
+    counts: dict[float, int] = attrs.field(factory=dict)
+    intervals: list[float] = attrs.field(factory=list)
+    # Subscribers that were due with nothing new to send: they go out with its next sample.
+    waiting: dict[str, _Subscriber] = attrs.field(factory=dict)
+
+    def add_interval(self, interval: float) -> None:
+        count = self.counts.get(interval, 0)
+        self.counts[interval] = count + 1
+        if not count:
+            heapq.heappush(self.intervals, interval)
+
+    def remove_interval(self, interval: float) -> None:
+        count = self.counts.pop(interval) - 1
+        if count:
+            self.counts[interval] = count
+        elif len(self.intervals) > 2 * len(self.counts) + 8:
+            # Unused intervals under a busy top pile up: rebuild (amortized O(1)).
+            self.intervals = sorted(self.counts)
+
+    def fastest(self) -> float | None:
+        heap = self.intervals
+        while heap and heap[0] not in self.counts:
+            heapq.heappop(heap)
+        # A value can be in the heap twice (used, unused, used again): harmless.
+        return heap[0] if heap else None
 
 
 @attrs.define(eq=False)
@@ -77,17 +135,31 @@ class _Subscriber:
     outbox: Outbox
     due: float
     seen: dict[int, int]
+    ended: bool = False
+    # Bumped whenever it is (re)queued in the due heap, so older entries can be told stale.
+    turn: int = 0
 
 
 class PowerHub:
     """Subscriptions to the power of one kind of device. Run with ``nursery.start(hub.run)``."""
 
-    def __init__(self, method: str, source: PowerSource, device_ids: Iterable[int]) -> None:
+    def __init__(
+        self,
+        method: str,
+        source: PowerSource,
+        device_ids: Iterable[int],
+        budget: SubscriptionBudget | None = None,
+    ) -> None:
         #: The notification method, e.g. "gpu.power".
         self.method = method
         self._source = source
         self._devices = {i: _Device(i) for i in device_ids}
         self._subs: dict[str, _Subscriber] = {}
+        self._budget = budget or SubscriptionBudget()
+        # (due, tie-breaker, turn, subscriber): who is next due. Entries whose subscriber
+        # ended or was requeued since are skipped when they come up.
+        self._due: list[tuple[float, int, int, _Subscriber]] = []
+        self._order = itertools.count()
         self._changed = trio.Event()
 
     @property
@@ -95,40 +167,67 @@ class PowerHub:
         return len(self._subs)
 
     def subscribe(self, devices: Iterable[int], interval_ms: int, outbox: Outbox) -> str:
-        """Start a subscription (ids and interval already validated); returns its id."""
+        """Start a subscription (ids and interval already validated); returns its id.
+
+        Raises SubscriptionLimitError when the shared budget is spent.
+        """
         targets = tuple(devices)
+        self._budget.take()
         sub_id = f"{self.method.split('.')[0]}-{next(_ids)}"
-        self._subs[sub_id] = _Subscriber(
+        now = trio.current_time()
+        sub = _Subscriber(
             sub_id,
             targets,
             interval_ms / 1000,
             outbox,
-            due=trio.current_time(),
+            due=now,
             seen={d: self._devices[d].seq for d in targets},
         )
-        self._reschedule()
+        self._subs[sub_id] = sub
+        self._queue(sub)
+        for d in targets:
+            dev = self._devices[d]
+            dev.add_interval(sub.interval)
+            self._retime(dev, now)
+        self._changed.set()
         return sub_id
 
     def unsubscribe(self, sub_id: str) -> None:
         """End a subscription; nothing more is put in its outbox from now on."""
-        if self._subs.pop(sub_id, None) is not None:
-            self._reschedule()
-
-    def _reschedule(self) -> None:
+        sub = self._subs.pop(sub_id, None)
+        if sub is None:
+            return
+        sub.ended = True
+        self._budget.give_back()
         now = trio.current_time()
-        fastest: dict[int, float] = {}
-        for sub in self._subs.values():
-            for d in sub.devices:
-                fastest[d] = min(fastest.get(d, math.inf), sub.interval)
-        for dev in self._devices.values():
-            interval = fastest.get(dev.id)
-            if interval is not None and dev.interval is None:
-                self._source.start(dev.id)
-                dev.next_read = now
-            elif interval is not None and dev.interval is not None and interval < dev.interval:
-                dev.next_read = min(dev.next_read, now + interval)
-            dev.interval = interval
+        for d in sub.devices:
+            dev = self._devices[d]
+            dev.waiting.pop(sub_id, None)
+            dev.remove_interval(sub.interval)
+            self._retime(dev, now)
+        self._prune()
         self._changed.set()
+
+    def _retime(self, dev: _Device, now: float) -> None:
+        """Poll *dev* at its fastest subscriber's interval (or not at all)."""
+        interval = dev.fastest()
+        if interval is not None and dev.interval is None:
+            self._source.start(dev.id)
+            dev.next_read = now
+        elif interval is not None and dev.interval is not None and interval < dev.interval:
+            dev.next_read = min(dev.next_read, now + interval)
+        dev.interval = interval
+
+    def _queue(self, sub: _Subscriber) -> None:
+        sub.turn += 1
+        heapq.heappush(self._due, (sub.due, next(self._order), sub.turn, sub))
+
+    def _prune(self) -> None:
+        """Entries of ended subscribers wait in the heap until their due time (up to an
+        hour): rebuild it once they outnumber the live ones (amortized O(1))."""
+        if len(self._due) > 2 * len(self._subs) + 16:
+            self._due = [e for e in self._due if not e[3].ended and e[2] == e[3].turn]
+            heapq.heapify(self._due)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -159,11 +258,13 @@ class PowerHub:
             with trio.move_on_after(min(dev.interval or 0 for dev, _ in started) / 2):
                 for _, job in started:
                     await job.watch()
-        self._harvest()
-        self._deliver(trio.current_time())
+        fresh = self._harvest()
+        self._deliver(trio.current_time(), fresh)
 
-    def _harvest(self) -> None:
+    def _harvest(self) -> list[_Device]:
+        """Take finished reads; return the devices that got a new sample."""
         stamp = int(time.time() * 1000)
+        fresh: list[_Device] = []
         for dev in self._devices.values():
             job = dev.job
             if job is None or job.result is None:
@@ -193,23 +294,45 @@ class PowerHub:
                 dev.seq += 1
                 dev.value = value
                 dev.timestamp_ms = stamp
+                fresh.append(dev)
+        return fresh
 
-    def _deliver(self, now: float) -> None:
-        for sub in self._subs.values():
-            if sub.due > now + _SLACK_S:
-                continue
-            fresh = [self._devices[d] for d in sub.devices if self._devices[d].seq > sub.seen[d]]
-            if not fresh:
-                continue  # stays due: goes out with the next sample
-            for dev in fresh:
-                sub.seen[dev.id] = dev.seq
-            params = {
-                "subscription": sub.id,
-                "timestamp_ms": max(dev.timestamp_ms for dev in fresh),
-                "power_mw": {str(dev.id): dev.value for dev in fresh},
-            }
-            message = {"jsonrpc": "2.0", "method": self.method, "params": params}
-            sub.outbox.put(sub.id, json.dumps(message, separators=(",", ":")).encode() + b"\n")
-            sub.due += sub.interval
-            if sub.due <= now:
-                sub.due = now + sub.interval
+    def _deliver(self, now: float, fresh: list[_Device]) -> None:
+        # Who may have something to send: those due now, and those that were due but had
+        # nothing new until one of their devices got a sample this round.
+        candidates: dict[str, _Subscriber] = {}
+        for dev in fresh:
+            if dev.waiting:
+                candidates.update(dev.waiting)
+                dev.waiting = {}
+        due = self._due
+        while due and due[0][0] <= now + _SLACK_S:
+            _, _, turn, sub = heapq.heappop(due)
+            if not sub.ended and turn == sub.turn:
+                candidates[sub.id] = sub
+        for sub in candidates.values():
+            if not sub.ended:
+                self._offer(sub, now)
+
+    def _offer(self, sub: _Subscriber, now: float) -> None:
+        """*sub* is due: send its new samples, or wait for one of its devices' next."""
+        fresh = [self._devices[d] for d in sub.devices if self._devices[d].seq > sub.seen[d]]
+        if not fresh:
+            for d in sub.devices:  # stays due: goes out with the next sample
+                self._devices[d].waiting[sub.id] = sub
+            return
+        for d in sub.devices:
+            self._devices[d].waiting.pop(sub.id, None)
+        for dev in fresh:
+            sub.seen[dev.id] = dev.seq
+        params = {
+            "subscription": sub.id,
+            "timestamp_ms": max(dev.timestamp_ms for dev in fresh),
+            "power_mw": {str(dev.id): dev.value for dev in fresh},
+        }
+        message = {"jsonrpc": "2.0", "method": self.method, "params": params}
+        sub.outbox.put(sub.id, json.dumps(message, separators=(",", ":")).encode() + b"\n")
+        sub.due += sub.interval
+        if sub.due <= now:
+            sub.due = now + sub.interval
+        self._queue(sub)
