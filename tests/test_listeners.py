@@ -11,7 +11,9 @@ import trio
 
 from zeusd.server.listeners import (
     StartupError,
+    bind_in,
     describe,
+    open_socket_dir,
     open_tcp_listener,
     open_unix_listener,
     parse_host_port,
@@ -187,6 +189,82 @@ async def test_owner_is_never_changed_through_a_symlink(
     monkeypatch.setattr(os, "chown", recording_chown)
     path = os.path.join(sock_dir, "z.sock")
     listener, created = await open_unix_listener(path, 0o660, uid=123, gid=456)
-    assert calls == [{"path": path, "uid": 123, "gid": 456, "follow_symlinks": False}]
+    assert len(calls) == 1
+    call = calls[0]
+    # Relative to the directory checked and held open, never by its full path again.
+    assert call["path"] == "z.sock"
+    assert os.path.samestat(os.fstat(call.pop("dir_fd")), os.stat(sock_dir))  # type: ignore[arg-type]
+    assert call == {"path": "z.sock", "uid": 123, "gid": 456, "follow_symlinks": False}
     await listener.aclose()
     created.remove()
+
+
+async def test_directory_others_can_write_is_refused(sock_dir: str) -> None:
+    """A world- or group-writable directory on the path stops start-up, naming it."""
+    parent = os.path.join(sock_dir, "open")
+    os.mkdir(parent)
+    for mode in (0o777, 0o775):
+        os.chmod(parent, mode)
+        with pytest.raises(StartupError, match=f"{parent} is writable by .*{mode:04o}"):
+            await open_unix_listener(os.path.join(parent, "deeper", "z.sock"), 0o666)
+        assert os.listdir(parent) == []  # nothing created below it either
+
+
+async def test_sticky_directory_is_trusted(sock_dir: str) -> None:
+    """A /tmp-like sticky directory (others may add, never remove or rename) is accepted."""
+    parent = os.path.join(sock_dir, "tmp")
+    os.mkdir(parent)
+    os.chmod(parent, 0o1777)
+    listener, created = await open_unix_listener(os.path.join(parent, "z.sock"), 0o666)
+    assert describe(listener).startswith("unix:")
+    await listener.aclose()
+    created.remove()
+    created.remove()  # a second call is harmless
+    assert os.listdir(parent) == []
+
+
+async def test_trusted_symlink_on_the_path_is_followed(sock_dir: str) -> None:
+    """Like /var/run -> /run: a link we own, in a directory we trust, leads to its target."""
+    real = os.path.join(sock_dir, "real")
+    os.mkdir(real)
+    os.symlink("real", os.path.join(sock_dir, "link"))
+    path = os.path.join(sock_dir, "link", "z.sock")
+    listener, created = await open_unix_listener(path, 0o666)
+    assert os.listdir(real) == ["z.sock"]
+    client = await trio.open_unix_socket(path)
+    await client.aclose()
+    await listener.aclose()
+    created.remove()
+    assert os.listdir(real) == []
+
+
+async def test_work_stays_in_the_directory_that_was_checked(sock_dir: str) -> None:
+    """Swapping the checked directory for a symlink after it was opened changes nothing:
+    the stale check, bind and removal all happen in the directory we hold open."""
+    victim = os.path.join(sock_dir, "victim")
+    os.mkdir(victim)
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(os.path.join(victim, "z.sock"))
+    dead.close()
+    checked = os.path.join(sock_dir, "run")
+    os.mkdir(checked)
+    dir_fd, name = open_socket_dir(os.path.join(checked, "z.sock"))
+    os.rename(checked, checked + ".moved")
+    os.symlink(victim, checked)
+    listener, created = await bind_in(dir_fd, name, os.path.join(checked, "z.sock"), 0o666)
+    assert os.listdir(checked + ".moved") == ["z.sock"]
+    assert stat.S_ISSOCK(os.lstat(os.path.join(victim, "z.sock")).st_mode)  # untouched
+    await listener.aclose()
+    created.remove()
+    assert os.listdir(checked + ".moved") == []
+    assert os.path.exists(os.path.join(victim, "z.sock"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+async def test_directory_of_another_user_is_refused(sock_dir: str) -> None:
+    """A directory owned by someone else (here uid 65534) is refused, naming the owner."""
+    parent = os.path.join(sock_dir, "theirs")
+    os.mkdir(parent, 0o755)
+    os.chown(parent, 65534, 65534)
+    with pytest.raises(StartupError, match=f"{parent} is owned by uid 65534"):
+        await open_unix_listener(os.path.join(parent, "z.sock"), 0o666)

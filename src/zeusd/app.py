@@ -145,6 +145,7 @@ async def serve(
     )
     dispatcher = Dispatcher(build_methods(), context, config.max_batch)
     on_closed: Callable[[], None] = _nothing
+    socket_file: listeners.UnixSocketFile | None = None
     mode = config.mode
     inherited = listeners.inherited_listener()
     if inherited is not None:
@@ -159,7 +160,8 @@ async def serve(
         on_closed = socket_file.remove
     else:
         listener = await listeners.open_tcp_listener(config.tcp_host, config.tcp_port)
-    address = listeners.describe(listener)
+    # Not getsockname() for our own socket: it is bound through /proc/self/fd (bind_in).
+    address = listeners.describe(listener) if socket_file is None else f"unix:{socket_file.path}"
     server = Server(
         dispatcher,
         lanes,

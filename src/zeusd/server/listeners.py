@@ -20,27 +20,172 @@ class StartupError(Exception):
     """The daemon cannot start; the message says why and is shown to the admin as is."""
 
 
-@attrs.frozen
+#: Symlinks followed at most while resolving the socket's directory (as the kernel does).
+_MAX_LINKS = 40
+
+
+@attrs.define(eq=False)
 class UnixSocketFile:
-    """Identifies the socket file we created, so we never remove someone else's."""
+    """Identifies the socket file we created, so we never remove someone else's.
+
+    It holds the directory open: removing works on that directory, wherever its path
+    leads by then.
+    """
 
     path: str
+    dir_fd: int
+    name: str
     device: int
     inode: int
 
     def remove(self) -> None:
-        try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
+        """Unlink our socket if it is still ours; close the directory. Safe to call twice."""
+        if self.dir_fd < 0:
             return
-        if (st.st_dev, st.st_ino) == (self.device, self.inode):
-            os.unlink(self.path)
+        try:
+            st = os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
+            if (st.st_dev, st.st_ino) == (self.device, self.inode):
+                os.unlink(self.name, dir_fd=self.dir_fd)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
 
 
-def _check_stale(path: str) -> None:
+def _trust_problem(st: os.stat_result, shown: str, what: str = "directory") -> str | None:
+    """Why a directory (or symlink) on the socket's path is not safe to trust, or None.
+
+    Whoever may replace an entry of a directory on the way can redirect the daemon, which
+    runs as root, to remove or create files elsewhere. Trusted: owned by root or by the
+    daemon's own user, and writable by nobody else; except sticky directories (``/tmp``):
+    there others may add entries but never remove or rename ours, and every entry we go
+    through is checked in turn (theirs are refused), so nothing we rely on can be swapped.
+    """
+    if st.st_uid not in (0, os.geteuid()):
+        return (
+            f"{what} {shown} is owned by uid {st.st_uid}, who could swap what the socket "
+            "path leads to; use a directory owned by root"
+        )
+    if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        who = (
+            "group and others"
+            if st.st_mode & 0o022 == 0o022
+            else ("its group" if st.st_mode & 0o020 else "others")
+        )
+        return (
+            f"{what} {shown} is writable by {who} (mode {stat.S_IMODE(st.st_mode):04o}), "
+            "who could swap what the socket path leads to; remove that write permission "
+            "or choose another directory"
+        )
+    return None
+
+
+def _open_checked(name: str, dir_fd: int | None, shown: str) -> int:
+    """Open directory *name* (relative to *dir_fd*) without following a symlink, and check
+    the directory actually opened."""
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        raise StartupError(f"cannot open directory {shown}: {exc.strerror}") from exc
+    problem = _trust_problem(os.fstat(fd), shown)
+    if problem is not None:
+        os.close(fd)
+        raise StartupError(f"refusing socket path: {problem}")
+    return fd
+
+
+def open_socket_dir(path: str) -> tuple[int, str]:
+    """Open the directory that is to hold socket *path*; return (its fd, the socket's name).
+
+    The path is resolved one component at a time from ``/``, each directory opened with
+    ``O_NOFOLLOW`` relative to the one before and checked on the open file (see
+    :func:`_trust_problem`); a symlink is followed only if it and its directory are
+    trusted, and its target is checked the same way. Missing directories are created
+    ``0755`` on the way. Everything done later happens relative to the returned fd, so
+    renaming or swapping anything on the path afterwards changes nothing for us.
+    Raises StartupError.
+    """
+    absolute = os.path.normpath(os.path.abspath(path))
+    parent, name = os.path.split(absolute)
+    if not name or name in (".", ".."):
+        raise StartupError(f"socket path {path} names no file")
+    pending = [c for c in reversed(parent.split("/")) if c]
+    walk = _Walk(path)
+    try:
+        while pending:
+            walk.step(pending.pop(), pending)
+    except BaseException:
+        os.close(walk.fd)
+        raise
+    return walk.fd, name
+
+
+class _Walk:
+    """Where open_socket_dir's resolution stands: the checked directory held open."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = _open_checked("/", None, "/")
+        self.shown = "/"
+        self.links = 0
+
+    def _move(self, fd: int, shown: str) -> None:
+        os.close(self.fd)
+        self.fd, self.shown = fd, shown
+
+    def step(self, part: str, pending: list[str]) -> None:
+        """Go through component *part*; a symlink's target components go onto *pending*."""
+        if part == ".":
+            return
+        if part == "..":
+            up = os.path.dirname(self.shown)
+            self._move(_open_checked("..", self.fd, up), up)
+            return
+        here = os.path.join(self.shown, part)
+        try:
+            st = os.stat(part, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            try:
+                os.mkdir(part, 0o755, dir_fd=self.fd)
+                log.info("created directory %s for the socket", here)
+            except FileExistsError:
+                pass  # someone was quicker: whatever it is gets checked below
+            except OSError as exc:
+                raise StartupError(f"cannot create {here}: {exc.strerror}") from exc
+            st = os.stat(part, dir_fd=self.fd, follow_symlinks=False)
+        if stat.S_ISLNK(st.st_mode):
+            self.links += 1
+            problem = _trust_problem(st, here, "symlink")
+            if problem is not None:
+                raise StartupError(f"refusing socket path: {problem}")
+            if self.links > _MAX_LINKS:
+                raise StartupError(f"too many symlinks resolving {self.path}")
+            target = os.readlink(part, dir_fd=self.fd)
+            pending.extend(c for c in reversed(target.split("/")) if c)
+            if target.startswith("/"):
+                self._move(_open_checked("/", None, "/"), "/")
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            raise StartupError(f"{here} is not a directory")
+        self._move(_open_checked(part, self.fd, here), here)
+
+
+def _in_dir(dir_fd: int, name: str) -> str:
+    """A path naming *name* inside the directory *dir_fd*, for calls that take no dir_fd
+    (``bind``, ``connect``). ``/proc/self/fd/N`` leads to the directory we hold open, not
+    to whatever its old path names now, and needs no chdir (which is process-wide)."""
+    address = f"/proc/self/fd/{dir_fd}/{name}"
+    if len(address.encode()) > 107:
+        raise StartupError(f"socket file name {name!r} is too long for a Unix socket")
+    return address
+
+
+def _check_stale(dir_fd: int, name: str, path: str) -> None:
     """Remove a leftover socket nobody answers on; refuse anything else at *path*."""
     try:
-        st = os.lstat(path)
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(st.st_mode):
@@ -48,10 +193,10 @@ def _check_stale(path: str) -> None:
     probe = stdlib_socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
     probe.settimeout(1.0)
     try:
-        probe.connect(path)
+        probe.connect(_in_dir(dir_fd, name))
     except (ConnectionRefusedError, FileNotFoundError):
         log.info("removing stale socket %s (nothing answers on it)", path)
-        os.unlink(path)  # a socket file left by a daemon that died
+        os.unlink(name, dir_fd=dir_fd)  # a socket file left by a daemon that died
         return
     except OSError as exc:
         raise StartupError(f"cannot check whether {path} is in use: {exc.strerror}") from exc
@@ -63,31 +208,46 @@ def _check_stale(path: str) -> None:
 async def open_unix_listener(
     path: str, mode: int, uid: int | None = None, gid: int | None = None
 ) -> tuple[trio.SocketListener, UnixSocketFile]:
-    """Bind *path* with permissions *mode* (and owner, if given) and listen on it."""
-    parent = os.path.dirname(os.path.abspath(path))
+    """Bind *path* with permissions *mode* (and owner, if given) and listen on it.
+
+    Refuses a path whose directories others could swap (see :func:`open_socket_dir`).
+    """
+    dir_fd, name = open_socket_dir(path)
     try:
-        os.makedirs(parent, mode=0o755, exist_ok=True)
-    except OSError as exc:
-        raise StartupError(f"cannot create {parent}: {exc.strerror}") from exc
-    _check_stale(path)
+        return await bind_in(dir_fd, name, path, mode, uid, gid)
+    except BaseException:
+        os.close(dir_fd)
+        raise
+
+
+async def bind_in(
+    dir_fd: int, name: str, path: str, mode: int, uid: int | None = None, gid: int | None = None
+) -> tuple[trio.SocketListener, UnixSocketFile]:
+    """Bind socket *name* in the directory *dir_fd* (shown as *path*) and listen on it; the
+    returned file takes over *dir_fd*."""
+    _check_stale(dir_fd, name, path)
     sock = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
     # bind() creates the file with 0o777 & ~umask: setting the umask first means the file
     # is never, even briefly, more open than asked. Start-up is single-threaded.
     old_umask = os.umask(0o777 & ~mode)
     try:
-        await sock.bind(path)
+        await sock.bind(_in_dir(dir_fd, name))
     except OSError as exc:
         sock.close()
         raise StartupError(f"cannot bind {path}: {exc.strerror}") from exc
     finally:
         os.umask(old_umask)
-    st = os.lstat(path)
-    created = UnixSocketFile(path, st.st_dev, st.st_ino)
+    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    created = UnixSocketFile(path, dir_fd, name, st.st_dev, st.st_ino)
     try:
         if uid is not None or gid is not None:
             # follow_symlinks=False: never change the owner of whatever a link points at.
             os.chown(
-                path, -1 if uid is None else uid, -1 if gid is None else gid, follow_symlinks=False
+                name,
+                -1 if uid is None else uid,
+                -1 if gid is None else gid,
+                dir_fd=dir_fd,
+                follow_symlinks=False,
             )
         sock.listen(BACKLOG)
     except OSError as exc:
