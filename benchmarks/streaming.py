@@ -70,6 +70,8 @@ def start_zeusd(directory: str) -> tuple[subprocess.Popen[str], str]:
             path,
             "--rapl-root",
             root,
+            "--state-dir",
+            os.path.join(directory, "state"),
         ],
         stderr=subprocess.PIPE,
         text=True,

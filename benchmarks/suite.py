@@ -70,7 +70,9 @@ class Proc:
 @contextlib.contextmanager
 def zeusd(directory: str, *args: str, name: str = "zeusd.sock") -> Iterator[tuple[Proc, str]]:
     path = os.path.join(directory, name)
-    argv = [sys.executable, "-m", "zeusd", "--gpu-backend", "sim", "--socket-path", path, *args]
+    state = os.path.join(directory, f"{name}.state")
+    argv = [sys.executable, "-m", "zeusd", "--gpu-backend", "sim", "--socket-path", path]
+    argv += ["--state-dir", state, *args]
     proc = Proc(argv, "listening on", "stderr")
     try:
         yield proc, path

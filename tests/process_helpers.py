@@ -7,6 +7,9 @@ is checked against the wire contract (single-line compact JSON-RPC 2.0) as it is
 
 from __future__ import annotations
 
+import atexit
+import functools
+import itertools
 import json
 import os
 import re
@@ -140,7 +143,7 @@ class DaemonProcess:
     """A running ``zeusd``; its stderr is collected by a thread so the pipe never fills."""
 
     def __init__(self, args: Sequence[str], socket_path: str | None) -> None:
-        self.args = [ZEUSD, *args]
+        self.args = [ZEUSD, *with_state_dir(args)]
         self.socket_path = socket_path
         self.proc = subprocess.Popen(
             self.args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -258,10 +261,34 @@ def running_daemon(*args: str, **kwargs: Any) -> Iterator[DaemonProcess]:
         daemon.stop()
 
 
+def with_state_dir(args: Sequence[str]) -> list[str]:
+    """*args*, plus a fresh ``--state-dir`` unless they name one or are ``token ...``.
+
+    The default (/run/zeusd) is one directory per node, locked by the daemon using it: tests
+    running side by side, as root in CI, must each have their own.
+    """
+    if list(args[:1]) == ["token"] or any(a.split("=")[0] == "--state-dir" for a in args):
+        return list(args)
+    return [*args, "--state-dir", os.path.join(_state_parent(), f"s{next(_state_ids)}")]
+
+
+_state_ids = itertools.count()
+
+
+@functools.cache
+def _state_parent() -> str:
+    # One sticky, world-writable parent per test run (like /tmp), so that a daemon started
+    # as another user can create its state dir there too; removed when the run ends.
+    parent = tempfile.mkdtemp(prefix="zd-state-")
+    os.chmod(parent, 0o1777)
+    atexit.register(shutil.rmtree, parent, ignore_errors=True)
+    return parent
+
+
 def run_zeusd(*args: str, timeout: float = 20.0, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     """Run ``zeusd`` to completion (for runs that are expected to exit by themselves)."""
     return subprocess.run(
-        [ZEUSD, *args],
+        [ZEUSD, *with_state_dir(args)],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -397,7 +424,7 @@ def run_zeusd_unprivileged(*args: str) -> tuple[subprocess.CompletedProcess[str]
         )
         if probe.returncode == 0 and probe.stdout.strip() == str(NOBODY):
             done = subprocess.run(
-                [unshare, "--user", ZEUSD, *args],
+                [unshare, "--user", ZEUSD, *with_state_dir(args)],
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,
@@ -413,7 +440,7 @@ def run_zeusd_unprivileged(*args: str) -> tuple[subprocess.CompletedProcess[str]
         "sys.exit(main(sys.argv[1:]))\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code, *args],
+        [sys.executable, "-c", code, *with_state_dir(args)],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

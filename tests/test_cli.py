@@ -19,6 +19,8 @@ def test_defaults_match_the_original_daemon() -> None:
     assert config.sim_gpus == 4
     assert config.max_line_bytes == 1024 * 1024
     assert config.num_workers >= 1
+    assert config.state_dir == "/run/zeusd"
+    assert config.sim_state is None
 
 
 def test_tcp_flags_are_parsed() -> None:
@@ -41,6 +43,8 @@ def test_flags_are_parsed() -> None:
             "--max-line-bytes=4096",
             "--log-level=debug",
             "--allow-unprivileged",
+            "--state-dir=/var/lib/zd",
+            "--sim-state=/tmp/sim.json",
         ]
     )
     assert config == Config(
@@ -54,6 +58,8 @@ def test_flags_are_parsed() -> None:
         max_line_bytes=4096,
         log_level="debug",
         allow_unprivileged=True,
+        state_dir="/var/lib/zd",
+        sim_state="/tmp/sim.json",
     )
 
 

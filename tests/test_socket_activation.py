@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from process_helpers import ZEUSD, LineConnection, short_tempdir
+from process_helpers import ZEUSD, LineConnection, short_tempdir, with_state_dir
 from zeusd.server.listeners import StartupError, inherited_listener
 
 ACTIVATE = shutil.which("systemd-socket-activate")
@@ -43,7 +43,17 @@ def activated(listen: str, *zeusd_args: str) -> Iterator[subprocess.Popen[bytes]
     """``systemd-socket-activate -l LISTEN zeusd ...``; yields once the launcher listens."""
     assert ACTIVATE is not None
     proc = subprocess.Popen(
-        [ACTIVATE, "-l", listen, ZEUSD, "--gpu-backend", "sim", "--sim-gpus", "2", *zeusd_args],
+        [
+            ACTIVATE,
+            "-l",
+            listen,
+            ZEUSD,
+            "--gpu-backend",
+            "sim",
+            "--sim-gpus",
+            "2",
+            *with_state_dir(zeusd_args),
+        ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -17,6 +17,9 @@ from zeusd.cpu.table import CpuTable
 from zeusd.gpu.backend import NvmlBackend, NvmlCallError
 from zeusd.gpu.commands import GpuTable
 from zeusd.gpu.lanes import GpuLanes
+from zeusd.gpu.ledger import SettingsLedger
+from zeusd.gpu.records import RecordStore, StateDirError
+from zeusd.recovery import recover
 from zeusd.rpc.context import Context
 from zeusd.rpc.dispatch import Dispatcher
 from zeusd.rpc.methods import API_GROUPS, CPU_READ, build_methods
@@ -43,7 +46,7 @@ def open_backend(config: Config) -> NvmlBackend:
                 if config.sim_config
                 else default_sim_gpus(config.sim_gpus)
             )
-            sim = SimNvml(specs)
+            sim = SimNvml(specs, state_file=config.sim_state)
             backend = NvmlBackend.open(sim, name="sim")
             sim.arm()  # latency and faults apply to requests, not to start-up
             return backend
@@ -75,12 +78,19 @@ def _nothing() -> None:
 
 
 def _session_closed(context: Context, session: Session) -> None:
-    if session.restore_on_close:
-        context.ledger.restore_session(
-            session.id, session.describe(), context.lanes, context.devices
-        )
-    else:
-        context.ledger.forget(session.id)
+    context.ledger.close_session(
+        session.id, session.restore_on_close, context.lanes, context.devices
+    )
+
+
+def open_state_dir(config: Config) -> RecordStore | None:
+    """Open and lock --state-dir. Raises StartupError."""
+    if config.state_dir is None:
+        return None
+    try:
+        return RecordStore.open(config.state_dir)
+    except StateDirError as exc:
+        raise StartupError(str(exc)) from None
 
 
 def _restore_all(context: Context) -> None:
@@ -113,6 +123,34 @@ async def serve(
 ) -> None:
     """Listen and serve until stopped. Raises StartupError before ``started``."""
     groups, cpus = enabled_groups(config)
+    store = open_state_dir(config)
+    try:
+        if store is not None:
+            # Before any connection can arrive: undo what a crashed daemon promised to.
+            await trio.to_thread.run_sync(recover, store, backend)
+        await _serve(config, backend, groups, cpus, store, handle_signals, task_status)
+    finally:
+        if store is not None:
+            left = list(store.names())
+            if left:
+                log.warning(
+                    "%d restore record(s) stay in %s for the next start: %s",
+                    len(left),
+                    store.path,
+                    ", ".join(left),
+                )
+            store.close()
+
+
+async def _serve(
+    config: Config,
+    backend: NvmlBackend,
+    groups: tuple[str, ...],
+    cpus: tuple[RaplCpu, ...],
+    store: RecordStore | None,
+    handle_signals: bool,
+    task_status: trio.TaskStatus[Running],
+) -> None:
     lanes = GpuLanes(len(backend.devices), trio.CapacityLimiter(config.num_workers))
     cpu_table = CpuTable(cpus)
     # One budget for both hubs: --max-subscriptions counts GPU and CPU subscriptions.
@@ -142,6 +180,11 @@ async def serve(
         control_uids=config.control_uids,
         control_gids=config.control_gids,
         wall_clock=trio_wall_clock(),
+        ledger=SettingsLedger(
+            store,
+            [info.uuid for info in backend.infos],
+            restore_on_exit=config.restore_on_exit,
+        ),
     )
     dispatcher = Dispatcher(build_methods(), context, config.max_batch)
     on_closed: Callable[[], None] = _nothing

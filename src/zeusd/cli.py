@@ -25,6 +25,7 @@ from zeusd.config import (
     DEFAULT_RAPL_ROOT,
     DEFAULT_SIM_GPUS,
     DEFAULT_SOCKET_PATH,
+    DEFAULT_STATE_DIR,
     DEFAULT_TCP_BIND_ADDRESS,
     Config,
 )
@@ -146,6 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--sim-config", metavar="FILE", help="TOML file describing sim GPUs")
     parser.add_argument(
+        "--sim-state",
+        metavar="FILE",
+        help="keep the simulated GPUs' settings in FILE, so they outlive the daemon",
+    )
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        default=DEFAULT_STATE_DIR,
+        help="restore records that outlive a crash (%(default)s; created 0700, refused if "
+        "others can write it)",
+    )
+    parser.add_argument(
         "--max-line-bytes",
         type=_positive,
         default=DEFAULT_MAX_LINE_BYTES,
@@ -240,8 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_config(argv: Sequence[str] | None = None) -> Config:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.gpu_backend != "sim" and (args.sim_gpus is not None or args.sim_config):
-        parser.error("--sim-gpus and --sim-config need --gpu-backend sim")
+    if args.gpu_backend != "sim" and (
+        args.sim_gpus is not None or args.sim_config or args.sim_state
+    ):
+        parser.error("--sim-gpus, --sim-config and --sim-state need --gpu-backend sim")
+    if not args.state_dir:
+        parser.error("--state-dir needs a directory")
     if args.sim_gpus is not None and args.sim_config:
         parser.error("--sim-gpus cannot be combined with --sim-config (the file lists the GPUs)")
     # A flag for the other transport would be silently ignored; say so instead.
@@ -276,6 +293,7 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         gpu_backend=args.gpu_backend,
         sim_gpus=args.sim_gpus if args.sim_gpus is not None else DEFAULT_SIM_GPUS,
         sim_config=args.sim_config,
+        sim_state=args.sim_state,
         max_line_bytes=args.max_line_bytes,
         log_level=args.log_level,
         log_format=args.log_format,
@@ -292,6 +310,7 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         max_subscriptions_per_connection=args.max_subscriptions_per_connection,
         enable=args.enable,
         rapl_root=args.rapl_root,
+        state_dir=args.state_dir,
     )
 
 

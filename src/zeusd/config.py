@@ -17,6 +17,7 @@ DEFAULT_CLIENT_TIMEOUT_S = 30.0
 DEFAULT_MAX_SUBSCRIPTIONS = 1024
 DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION = 32
 DEFAULT_RAPL_ROOT = "/sys/class/powercap"
+DEFAULT_STATE_DIR = "/run/zeusd"
 
 
 @attrs.frozen(kw_only=True)
@@ -33,6 +34,8 @@ class Config:
     gpu_backend: str = "nvml"
     sim_gpus: int = DEFAULT_SIM_GPUS
     sim_config: str | None = None
+    #: --sim-state: where simulated GPUs keep their settings across daemon runs.
+    sim_state: str | None = None
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     log_level: str = "info"
     log_format: str = "text"
@@ -52,3 +55,6 @@ class Config:
     #: API groups named by --enable; None: every group the node can serve.
     enable: tuple[str, ...] | None = None
     rapl_root: str = DEFAULT_RAPL_ROOT
+    #: --state-dir: restore records that outlive the daemon. None (embedding, unit tests):
+    #: the ledger stays in memory only. The command line's default is DEFAULT_STATE_DIR.
+    state_dir: str | None = None

@@ -70,3 +70,30 @@ def record_write(
         seconds * 1000,
         extra={"audit": fields},
     )
+
+
+def record_start_restore(
+    gpu: int, setting: str, value: Any, changed_by: str, error: dict[str, str] | None
+) -> None:
+    """The audit record of a setting put back at start-up, after a daemon that crashed."""
+    fields = {
+        "session": None,
+        "transport": None,
+        "pid": None,
+        "uid": None,
+        "gid": None,
+        "subject": None,
+        "method": "restore_after_unclean_exit",
+        "params": {"gpu_id": gpu, "setting": setting, "value": value, "changed_by": changed_by},
+        "status": "ok" if error is None else "device error",
+        "gpus": {str(gpu): "ok" if error is None else error},
+    }
+    log.info(
+        "restore after an unclean exit: GPU %d %s to %s (changed by %s): %s",
+        gpu,
+        setting,
+        json.dumps(value),
+        changed_by,
+        "ok" if error is None else json.dumps(error, separators=(",", ":")),
+        extra={"audit": fields},
+    )

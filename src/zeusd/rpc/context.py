@@ -3,6 +3,7 @@ hubs and the daemon's facts."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -18,6 +19,7 @@ from zeusd.gpu.commands import GpuCommand, GpuTable
 from zeusd.gpu.lanes import GpuLanes, Job
 from zeusd.gpu.ledger import SettingsLedger
 from zeusd.rpc.errors import DeviceError
+from zeusd.rpc.session import Session
 from zeusd.stream.hub import PowerHub
 
 
@@ -63,7 +65,7 @@ class Context:
     def requires_token(self, transport: str) -> bool:
         return transport in self.token_transports
 
-    def submit(self, command: GpuCommand, session: int | None = None) -> Awaitable[Any]:
+    def submit(self, command: GpuCommand, session: Session | None = None) -> Awaitable[Any]:
         """Queue *command* on each target GPU's lane now; await the result later.
 
         Queuing happens before this returns, so the order in which lines were read is the
@@ -76,13 +78,23 @@ class Context:
         ]
         return _collect(self.lanes, command, jobs)
 
-    def _bind(self, command: GpuCommand, gpu: int, session: int | None) -> Any:
+    def _bind(self, command: GpuCommand, gpu: int, session: Session | None) -> Any:
         device = self.devices[gpu]
         settings = getattr(command, "settings", ())
         if session is None or not settings:
             return lambda: command.run(device)
-        return lambda: self.ledger.write(
-            session, gpu, settings, device, lambda: command.run(device)
+        self.ledger.note_write(session.id, gpu)
+        # The session's restore-on-close as of this line: later lines may change it, and
+        # their own lane jobs update the ledger in order.
+        return functools.partial(
+            self.ledger.write,
+            session.id,
+            session.describe(),
+            session.restore_on_close,
+            gpu,
+            settings,
+            device,
+            lambda: command.run(device),
         )
 
 

@@ -97,7 +97,7 @@ _APPLIED = _object(applied={"type": "array", "items": _INT})
 
 def _gpu_handler(command: type[Any]) -> Handler:
     def handle(ctx: Context, session: Session, gpu_ids: object, **params: Any) -> Awaitable[Result]:
-        return ctx.submit(command(ctx.gpus.resolve(gpu_ids), **params), session.id)
+        return ctx.submit(command(ctx.gpus.resolve(gpu_ids), **params), session)
 
     return handle
 

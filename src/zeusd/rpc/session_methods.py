@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 
+import trio
 from jsonrpcserver.result import Result, Success
 
 from zeusd import tokens
+from zeusd.gpu.lanes import Job
 from zeusd.logfmt import clip
 from zeusd.rpc.context import Context
 from zeusd.rpc.errors import AuthRequiredError, InvalidParamsError
@@ -60,13 +63,27 @@ def _authenticate(ctx: Context, session: Session, token: object) -> Result:
     )
 
 
-def _set_restore_on_close(ctx: Context, session: Session, enabled: object) -> Result:
+def _set_restore_on_close(
+    ctx: Context, session: Session, enabled: object
+) -> Result | Awaitable[Result]:
     if not isinstance(enabled, bool):
         raise InvalidParamsError(
             "enabled", f"'enabled' must be true or false (got {show(enabled)})"
         )
     session.restore_on_close = enabled
-    return Success({"restore_on_close": enabled})
+    # Changes already made are marked too, on disk as well, before the reply.
+    jobs = ctx.ledger.set_restore(session.id, enabled, ctx.lanes)
+    if not jobs:
+        return Success({"restore_on_close": enabled})
+    return _after(ctx, jobs, Success({"restore_on_close": enabled}))
+
+
+async def _after(ctx: Context, jobs: list[tuple[int, Job]], result: Result) -> Result:
+    # A lane runs while someone waits on it, so every GPU is waited on at once.
+    async with trio.open_nursery() as nursery:
+        for gpu, job in jobs:
+            nursery.start_soon(ctx.lanes.wait, gpu, job)
+    return result
 
 
 def session_methods() -> list[MethodSpec]:

@@ -18,6 +18,7 @@ import pynvml
 
 from zeusd.gpu.nvml_errors import ERROR_CODES
 from zeusd.sim.config import FAULT_FUNCTIONS, SimGpuSpec
+from zeusd.sim.state import SimStateFile
 
 _IDLE_MW = 70_000.0
 _LOAD_PERIOD_S = 20.0
@@ -127,7 +128,11 @@ class SimNvml:
     NVML_FEATURE_ENABLED: int = pynvml.NVML_FEATURE_ENABLED
 
     def __init__(
-        self, gpus: Sequence[SimGpuSpec], *, clock: Callable[[], float] = time.monotonic
+        self,
+        gpus: Sequence[SimGpuSpec],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        state_file: str | None = None,
     ) -> None:
         self._clock = clock
         now = clock()
@@ -135,6 +140,15 @@ class SimNvml:
         self._lock = threading.Lock()
         self._init_count = 0
         self._armed = False
+        #: --sim-state: the settings live in this file too, so they outlive the process.
+        self._state = SimStateFile(state_file) if state_file is not None else None
+        if self._state is not None:
+            self._state.load(self.devices)
+            self._state.save(self.devices)
+
+    def _changed(self) -> None:
+        if self._state is not None:
+            self._state.save(self.devices)
 
     def arm(self) -> None:
         """From now on latency, ``hold`` and faults apply."""
@@ -223,6 +237,7 @@ class SimNvml:
             # Energy so far was drawn under the old limit.
             dev.energy_mj(self._clock())
             dev.power_limit_mw = limit
+        self._changed()
 
     def nvmlDeviceGetPersistenceMode(self, handle: object) -> int:
         dev = self._device(handle, "nvmlDeviceGetPersistenceMode")
@@ -236,6 +251,7 @@ class SimNvml:
             _fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         with dev.lock:
             dev.persistence_mode = mode
+        self._changed()
 
     def nvmlDeviceGetPowerUsage(self, handle: object) -> int:
         dev = self._device(handle, "nvmlDeviceGetPowerUsage")
@@ -270,11 +286,13 @@ class SimNvml:
         pair = _locked_pair(minGpuClockMHz, maxGpuClockMHz, dev.spec.graphics_clocks_mhz)
         with dev.lock:
             dev.gpu_locked_clocks = pair
+        self._changed()
 
     def nvmlDeviceResetGpuLockedClocks(self, handle: object) -> None:
         dev = self._device(handle, "nvmlDeviceResetGpuLockedClocks")
         with dev.lock:
             dev.gpu_locked_clocks = None
+        self._changed()
 
     def nvmlDeviceSetMemoryLockedClocks(
         self, handle: object, minMemClockMHz: int, maxMemClockMHz: int
@@ -283,11 +301,13 @@ class SimNvml:
         pair = _locked_pair(minMemClockMHz, maxMemClockMHz, dev.spec.memory_clocks_mhz)
         with dev.lock:
             dev.mem_locked_clocks = pair
+        self._changed()
 
     def nvmlDeviceResetMemoryLockedClocks(self, handle: object) -> None:
         dev = self._device(handle, "nvmlDeviceResetMemoryLockedClocks")
         with dev.lock:
             dev.mem_locked_clocks = None
+        self._changed()
 
 
 def _copy_pynvml_constants() -> None:
