@@ -223,7 +223,7 @@ class RecordStore:
 
     def set_aside(self, name: str, why: str) -> None:
         """Move *name* into set-aside/ (never deleted: an admin may want to look at it)."""
-        target = f"{time.strftime('%Y%m%dT%H%M%S')}.{name}"
+        target = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.{name}"
         try:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(ASIDE_DIR, 0o700, dir_fd=self._fd)
