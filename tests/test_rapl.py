@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from typing import Any
 
 import pytest
 import trio
@@ -211,3 +213,27 @@ async def test_get_power_measures_over_a_window(tmp_path: str) -> None:
     assert reading["dram_mw"] is None
     # Wide margins: timer granularity on a busy machine, not precision, is being allowed for.
     assert 30_000 <= reading["cpu_mw"] <= 250_000
+
+
+def test_failing_wrap_checks_log_one_line_per_run(tmp_path: str, caplog: Any) -> None:
+    """A counter that keeps failing the wrap check is logged once, then once more with the
+    count when it reads again; a new run of failures is logged again."""
+    caplog.set_level(logging.WARNING, logger="zeusd")
+    root = make_tree(str(tmp_path), [False])
+    table = CpuTable(open_rapl(root))
+    energy = package_energy(root, 0)
+    os.rename(energy, energy + ".away")
+    for _ in range(50):
+        table.read_every_counter()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1
+    assert "repeats are counted" in lines[0]
+    os.rename(energy + ".away", energy)
+    table.read_every_counter()
+    table.read_every_counter()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert "failed 50 times in a row" in lines[1]
+    os.rename(energy, energy + ".away")
+    table.read_every_counter()
+    assert len(caplog.records) == 3

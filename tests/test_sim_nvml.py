@@ -13,7 +13,7 @@ import pynvml
 import pytest
 
 from zeusd.gpu.nvml_errors import ERROR_CODES
-from zeusd.sim.config import FAULT_FUNCTIONS, SimGpuSpec
+from zeusd.sim.config import FAULT_FUNCTIONS, SimConfigError, SimGpuSpec, default_sim_gpus
 from zeusd.sim.nvml import SimDevice, SimNvml
 
 H100 = SimGpuSpec()
@@ -505,3 +505,42 @@ def test_concurrent_calls_are_safe() -> None:
         t.join()
     assert errors == []
     assert h.power_limit_mw in limits
+
+
+def test_sim_state_file_outlives_the_sim(tmp_path: Any) -> None:
+    """With a state file, a new SimNvml finds the settings the last one left."""
+    path = str(tmp_path / "gpus.json")
+    first = SimNvml(default_sim_gpus(2), state_file=path)
+    first.nvmlInit()
+    handle = first.nvmlDeviceGetHandleByIndex(1)
+    first.nvmlDeviceSetPowerManagementLimit(handle, 300_000)
+    first.nvmlDeviceSetPersistenceMode(handle, 1)
+    first.nvmlDeviceSetGpuLockedClocks(handle, 900, 1200)
+    second = SimNvml(default_sim_gpus(2), state_file=path)
+    device = second.devices[1]
+    assert device.power_limit_mw == 300_000
+    assert device.persistence_mode == 1
+    assert device.gpu_locked_clocks == first.devices[1].gpu_locked_clocks
+    assert second.devices[0].power_limit_mw == first.devices[0].spec.default_power_limit_mw
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        '{"format": "other"}',
+        '{"format": "zeusd-sim-state/1", "gpus": []}',
+        '{"format": "zeusd-sim-state/1", "gpus": {"UUID0": {"power_limit_mw": 1}}}',
+        '{"format": "zeusd-sim-state/1", "gpus": {"UUID0": {"power_limit_mw": 1,'
+        ' "persistence_mode": 0, "gpu_locked_clocks": null, "mem_locked_clocks": null}}}',
+        '{"format": "zeusd-sim-state/1", "gpus": {"UUID0": {"power_limit_mw": 300000,'
+        ' "persistence_mode": 0, "gpu_locked_clocks": [1, 2], "mem_locked_clocks": null}}}',
+    ],
+)
+def test_bad_sim_state_file_is_a_clear_error(tmp_path: Any, text: str) -> None:
+    """A state file that does not fit the simulated GPUs is refused with where and why."""
+    uuid = SimNvml(default_sim_gpus(1)).devices[0].uuid
+    path = tmp_path / "gpus.json"
+    path.write_text(text.replace("UUID0", uuid))
+    with pytest.raises(SimConfigError, match="--sim-state"):
+        SimNvml(default_sim_gpus(1), state_file=str(path))

@@ -10,6 +10,7 @@ from typing import Any
 import trio
 
 from zeusd.cpu.rapl import RaplCpu, RaplError, wrap_check_period_s
+from zeusd.failure_runs import FailureRun
 from zeusd.rpc.errors import DeviceError
 from zeusd.rpc.params import resolve_ids
 
@@ -31,6 +32,8 @@ class CpuTable:
     def __init__(self, cpus: Sequence[RaplCpu] = ()) -> None:
         self.cpus = tuple(cpus)
         self._by_id = {cpu.id: cpu for cpu in cpus}
+        #: Per counter: a run of failed wrap checks is one log line, with a count.
+        self._wrap_failures: dict[str, FailureRun] = {}
 
     def resolve(self, cpu_ids: object) -> tuple[RaplCpu, ...]:
         """Validate a ``cpu_ids`` param (omitted: every CPU), as gpu_ids is validated."""
@@ -64,10 +67,16 @@ class CpuTable:
         """Read each counter once so that none wraps unseen; failures are only logged."""
         for target in self.cpus:
             for counter in target.counters():
+                run = self._wrap_failures.get(counter.path)
+                if run is None:
+                    run = FailureRun(log, f"RAPL wrap check of {counter.path}")
+                    self._wrap_failures[counter.path] = run
                 try:
                     counter.read()
                 except RaplError as exc:
-                    log.warning("RAPL wrap check: %s", exc)
+                    run.failed(str(exc))
+                else:
+                    run.succeeded()
 
     async def track_wraps(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -8,10 +8,12 @@ from collections.abc import Callable
 
 import trio
 
+from zeusd.failure_runs import FailureRun
 from zeusd.gpu.lanes import GpuLanes
 from zeusd.rpc.dispatch import Dispatcher
 from zeusd.rpc.session import Session
 from zeusd.server.connection import Connection
+from zeusd.server.hangups import Hangups
 from zeusd.server.peercred import database_groups, peer_cred
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,9 @@ class Server:
         self._on_session_closed = on_session_closed
         self._before_lanes_close = before_lanes_close
         self._connections: set[Connection] = set()
+        self._hangups: Hangups[Connection] = Hangups()
+        #: A run of refused connections is one log line, with a count.
+        self._refusals = FailureRun(log, "refusing connections (--max-connections)")
         self._stop = trio.Event()
         self._force = trio.Event()
         self._stopped = trio.Event()
@@ -59,10 +64,15 @@ class Server:
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one client stream; never lets a client's failure escape."""
         if len(self._connections) >= self._max_connections:
+            # Connections whose clients hung up before we read their end do not count.
+            for gone in self._hangups.hung_up():
+                self._connections.discard(gone)
+        if len(self._connections) >= self._max_connections:
             # Refused at once, so that a flood of connections costs nothing that lasts.
-            log.warning("refusing a connection: %d are open already", len(self._connections))
+            self._refusals.failed(f"{len(self._connections)} are open already")
             await trio.aclose_forcefully(stream)
             return
+        self._refusals.succeeded()
         session = Session(transport=self._transport)
         if isinstance(stream, trio.SocketStream):
             cred = peer_cred(stream.socket)  # type: ignore[arg-type]
@@ -83,6 +93,9 @@ class Server:
             client_timeout=self._client_timeout,
         )
         self._connections.add(connection)
+        fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+        if fd >= 0:
+            self._hangups.add(fd, connection)
         log.debug("connection #%d opened: %s", session.id, session.describe())
         try:
             await connection.serve()
@@ -90,6 +103,8 @@ class Server:
             log.exception("connection failed; other connections are unaffected")
         finally:
             self._connections.discard(connection)
+            if fd >= 0:
+                self._hangups.discard(fd, connection)
             try:
                 self._on_session_closed(session)
             except Exception:
