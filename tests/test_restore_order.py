@@ -166,3 +166,22 @@ async def test_clean_stop_leaves_no_records(daemon: SimDaemon) -> None:
     assert (_limit(daemon, 0), _limit(daemon, 1)) == (DEFAULT_MW, 250_000)
     for client in (keep, restore):
         await client.aclose()
+
+
+async def test_a_write_whose_record_cannot_be_written_is_refused(
+    daemon: SimDaemon, monkeypatch: Any
+) -> None:
+    """If the restore record cannot be made durable, the write is refused and changes nothing."""
+
+    def full(record: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    store = daemon.running.context.ledger._store
+    assert store is not None
+    monkeypatch.setattr(store, "put", full)
+    client = await _restoring(daemon)
+    response = await client.call("gpu.set_power_limit", {"gpu_ids": [0], "power_limit_mw": 300_000})
+    assert response["error"]["code"] == -32001
+    assert "restore record could not be written" in str(response["error"]["data"])
+    assert _limit(daemon) == DEFAULT_MW
+    await client.aclose()
