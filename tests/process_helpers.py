@@ -142,8 +142,10 @@ def lines(*messages: Any, ending: bytes = b"\n") -> bytes:
 class DaemonProcess:
     """A running ``zeusd``; its stderr is collected by a thread so the pipe never fills."""
 
-    def __init__(self, args: Sequence[str], socket_path: str | None) -> None:
-        self.args = [ZEUSD, *with_state_dir(args)]
+    def __init__(
+        self, args: Sequence[str], socket_path: str | None, prefix: Sequence[str] = ()
+    ) -> None:
+        self.args = [*prefix, ZEUSD, *with_state_dir(args)]
         self.socket_path = socket_path
         self.proc = subprocess.Popen(
             self.args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -229,11 +231,15 @@ class DaemonProcess:
 
 
 def start_daemon(
-    *args: str, socket_path: str | None = None, sim_gpus: int | None = None
+    *args: str,
+    socket_path: str | None = None,
+    sim_gpus: int | None = None,
+    prefix: Sequence[str] = (),
 ) -> DaemonProcess:
     """Start ``zeusd --gpu-backend sim`` and wait for its ``listening on`` line.
 
     With *socket_path* it listens there (``--socket-path``); the caller owns the directory.
+    *prefix* runs it through another program (``prlimit --nofile=64 --``).
     """
     argv = ["--gpu-backend", "sim", *args]
     if not any(arg.startswith("--rapl-root") for arg in args):
@@ -243,7 +249,7 @@ def start_daemon(
         argv += ["--socket-path", socket_path]
     if sim_gpus is not None:
         argv += ["--sim-gpus", str(sim_gpus)]
-    daemon = DaemonProcess(argv, socket_path)
+    daemon = DaemonProcess(argv, socket_path, prefix)
     try:
         daemon.wait_ready()
     except BaseException:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from process_helpers import ZEUSD
-from zeusd.config import DEFAULT_SOCKET_PATH
+from zeusd.config import DEFAULT_MAX_CONNECTIONS, DEFAULT_SOCKET_PATH
+from zeusd.server import fdlimit
 
 UNITS = Path(__file__).resolve().parent.parent / "deploy" / "systemd"
 ANALYZE = shutil.which("systemd-analyze")
@@ -39,6 +40,19 @@ def test_service_keeps_only_cap_sys_admin() -> None:
     assert service["ProtectSystem"] == "strict"
     assert service["DevicePolicy"] == "closed"
     assert read_unit("zeusd.service")["Unit"]["Requires"] == "zeusd.socket"
+
+
+#: Descriptors NVML and the driver may hold on a large node (several per GPU).
+DRIVER_FDS = 128
+
+
+def test_service_allows_descriptors_for_default_max_connections() -> None:
+    """LimitNOFILE= fits --max-connections 1024 (zeusd cannot raise it under the filter)."""
+    service = read_unit("zeusd.service")["Service"]
+    soft, _, hard = service["LimitNOFILE"].partition(":")
+    assert int(soft) >= fdlimit.needed(DEFAULT_MAX_CONNECTIONS, DRIVER_FDS)
+    assert not hard or int(hard) >= int(soft)
+    assert "@resources" in service["SystemCallFilter"]  # why the unit must set it
 
 
 @pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze missing (Debian package 'systemd')")

@@ -30,6 +30,7 @@ from zeusd.config import (
     Config,
 )
 from zeusd.rpc.methods import API_GROUPS
+from zeusd.server import fdlimit
 from zeusd.server.listeners import StartupError, parse_host_port
 
 log = logging.getLogger("zeusd")
@@ -325,6 +326,14 @@ def privilege_problem(config: Config, euid: int) -> str | None:
     return None
 
 
+def _fit_fd_limit(config: Config) -> Config:
+    """Raise RLIMIT_NOFILE for --max-connections, or serve fewer (one warning says so)."""
+    max_connections, warning = fdlimit.apply(config.max_connections)
+    if warning is not None:
+        log.warning("%s", warning)
+    return attrs.evolve(config, max_connections=max_connections)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["token"]:
@@ -348,8 +357,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"zeusd: {exc}", file=sys.stderr)
         return 1
     try:
+        # After the backend is open, so that its descriptors are counted.
+        config = _fit_fd_limit(config)
         trio.run(serve, config, backend)
-    except StartupError as exc:
+    except (StartupError, fdlimit.FdLimitError) as exc:
         print(f"zeusd: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -12,6 +12,7 @@ from zeusd.failure_runs import FailureRun
 from zeusd.gpu.lanes import GpuLanes
 from zeusd.rpc.dispatch import Dispatcher
 from zeusd.rpc.session import Session
+from zeusd.server.accept import serve_listener
 from zeusd.server.connection import Connection
 from zeusd.server.hangups import Hangups
 from zeusd.server.peercred import database_groups, peer_cred
@@ -141,9 +142,7 @@ class Server:
 
                     async def accept() -> None:
                         with accepting:
-                            await trio.serve_listeners(
-                                self.handle, [listener], handler_nursery=connections
-                            )
+                            await serve_listener(listener, self.handle, connections)
 
                     connections.start_soon(accept)
                     task_status.started()
