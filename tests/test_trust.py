@@ -234,6 +234,33 @@ async def test_token_that_is_no_jwt_is_auth_required(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+async def test_unauthenticated_tcp_connection_is_closed_in_time(
+    opened: Opened, mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where a token is required, a connection not authenticated in --auth-timeout is closed;
+    an authenticated one, and the Unix socket's, are not."""
+    mock_clock.rate = 1
+    daemon = await opened.tcp_daemon(token_key=KEY, auth_timeout=10.0)
+    idle = await opened.connect(daemon)
+    talking = await opened.connect(daemon)  # discover and time do not count as logging in
+    authenticated = await opened.connect(daemon)
+    token = tokens.issue(KEY, "t", ["gpu-read"], 7200)
+    await authenticated.result("session.authenticate", {"token": token})
+    await talking.result("discover")
+    uds = await opened.daemon(1, token_key=KEY, auth_timeout=10.0)
+    local = await opened.connect(uds)
+    await local.result("time")
+    mock_clock.jump(9.5)
+    await talking.result("time")
+    mock_clock.jump(1.0)
+    assert await _read_until_hang_up(idle) == []
+    assert await _read_until_hang_up(talking) == []
+    await authenticated.result("time")
+    await local.result("time")
+    closed = [r for r in caplog.records if "not authenticated within 10 s" in r.getMessage()]
+    assert 1 <= len(closed) <= 2  # one per second at most: the second may be counted
+
+
 # --- limits -----------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -197,6 +198,42 @@ def test_expired_token_relocks_a_unix_session(tmp_dir: str) -> None:
         time.sleep(max(0.0, expires_at - time.time()) + 0.5)
         error_of(c.call("gpu.get_power_limit", gpu_ids=[0]), -32005)
         error_of(c.call("gpu.set_power_limit", gpu_ids=[0], power_limit_mw=300_000), -32005)
+
+
+def _try_authenticate(port: int, token: str) -> bool:
+    """Whether a fresh TCP connection gets to authenticate (False: closed or reset)."""
+    try:
+        with LineConnection.tcp(port) as conn:
+            conn.send(request("session.authenticate", 1, token=token))
+            line = conn.read_line()
+    except OSError:
+        return False
+    return bool(line) and "result" in json.loads(line)
+
+
+def test_idle_unauthenticated_sockets_do_not_lock_out_a_token_holder(tmp_dir: str) -> None:
+    """50 idle TCP sockets at --max-connections 50 hold their slots only --auth-timeout long."""
+    key = _write_key(tmp_dir)
+    token = _issue(key, "gpu-read", "1h")
+    args = ("--mode", "tcp", "--tcp-bind-address", "127.0.0.1:0", "--token-key", key)
+    args += ("--max-connections", "50", "--auth-timeout", "2")
+    with running_daemon(*args) as daemon:
+        port = daemon.tcp_port
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(50)]
+        try:
+            started = time.monotonic()
+            assert not _try_authenticate(port, token)  # all 50 slots are taken: refused
+            while not _try_authenticate(port, token):
+                assert time.monotonic() - started < 15, "still locked out"
+                time.sleep(0.1)
+            waited = time.monotonic() - started
+            assert all(sock.recv(1) == b"" for sock in idle)  # the daemon closed them
+        finally:
+            for sock in idle:
+                sock.close()
+    assert waited < 12
+    closing = [ln for ln in daemon.log.splitlines() if "not authenticated within 2 s" in ln]
+    assert 1 <= len(closing) <= 5  # 50 closed, reported at most once a second
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640])

@@ -213,6 +213,7 @@ async def _serve(
         max_connections=config.max_connections,
         max_in_flight=config.max_in_flight,
         client_timeout=config.client_timeout,
+        auth_timeout=config.auth_timeout if context.requires_token(mode) else None,
         on_session_closed=lambda session: _session_closed(context, session),
         before_lanes_close=(
             (lambda: _restore_all(context)) if config.restore_on_exit else _nothing

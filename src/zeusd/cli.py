@@ -15,6 +15,7 @@ import trio
 from zeusd import __version__, logfmt, token_cli, tokens
 from zeusd.app import open_backend, serve
 from zeusd.config import (
+    DEFAULT_AUTH_TIMEOUT_S,
     DEFAULT_CLIENT_TIMEOUT_S,
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_CONNECTIONS,
@@ -248,6 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="time to finish a started line, and to take a reply (%(default)s)",
     )
+    trust.add_argument(
+        "--auth-timeout",
+        type=_seconds,
+        default=DEFAULT_AUTH_TIMEOUT_S,
+        metavar="SECONDS",
+        help="with --token-key, a TCP connection not authenticated within this time is "
+        "closed (%(default)s)",
+    )
     return parser
 
 
@@ -309,6 +318,7 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         client_timeout=args.client_timeout,
         max_subscriptions=args.max_subscriptions,
         max_subscriptions_per_connection=args.max_subscriptions_per_connection,
+        auth_timeout=args.auth_timeout,
         enable=args.enable,
         rapl_root=args.rapl_root,
         state_dir=args.state_dir,

@@ -16,6 +16,7 @@ DEFAULT_MAX_BATCH = 256
 DEFAULT_CLIENT_TIMEOUT_S = 30.0
 DEFAULT_MAX_SUBSCRIPTIONS = 1024
 DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION = 32
+DEFAULT_AUTH_TIMEOUT_S = 10.0
 DEFAULT_RAPL_ROOT = "/sys/class/powercap"
 DEFAULT_STATE_DIR = "/run/zeusd"
 
@@ -52,6 +53,8 @@ class Config:
     client_timeout: float = DEFAULT_CLIENT_TIMEOUT_S
     max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS
     max_subscriptions_per_connection: int = DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION
+    #: Where a token is required: how long a connection may stay unauthenticated.
+    auth_timeout: float = DEFAULT_AUTH_TIMEOUT_S
     #: API groups named by --enable; None: every group the node can serve.
     enable: tuple[str, ...] | None = None
     rapl_root: str = DEFAULT_RAPL_ROOT

@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from zeusd.server.ratelimit import RateLimitedReport
+
 log = logging.getLogger(__name__)
 
 #: accept(2) errors that mean "out of descriptors or memory for now": wait and retry.
@@ -23,27 +25,6 @@ CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENO
 RETRY_S = 0.1
 #: At most one log line about failing accepts per this many seconds.
 REPORT_EVERY_S = 1.0
-
-
-class RateLimitedReport:
-    """Logs a warning at most once per *period* seconds (trio's clock), counting the rest."""
-
-    def __init__(self, logger: logging.Logger, period: float) -> None:
-        self._log = logger
-        self._period = period
-        self._next = -float("inf")
-        self._suppressed = 0
-
-    def warning(self, message: str, *args: object) -> None:
-        now = trio.current_time()
-        if now < self._next:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            message += f" ({self._suppressed} more since the last report)"
-            self._suppressed = 0
-        self._log.warning(message, *args)
-        self._next = now + self._period
 
 
 async def serve_listener(

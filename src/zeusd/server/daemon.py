@@ -16,11 +16,14 @@ from zeusd.server.accept import serve_listener
 from zeusd.server.connection import Connection
 from zeusd.server.hangups import Hangups
 from zeusd.server.peercred import database_groups, peer_cred
+from zeusd.server.ratelimit import RateLimitedReport
 
 log = logging.getLogger(__name__)
 
 #: How long in-flight requests get to finish after SIGTERM before they are cut off.
 DRAIN_GRACE_S = 10.0
+#: At most one log line per this many seconds about connections closed unauthenticated.
+REPORT_EVERY_S = 1.0
 
 
 class Server:
@@ -36,6 +39,7 @@ class Server:
         max_connections: int = 1024,
         max_in_flight: int = 64,
         client_timeout: float = 30.0,
+        auth_timeout: float | None = None,
         on_session_closed: Callable[[Session], None] = lambda session: None,
         before_lanes_close: Callable[[], None] = lambda: None,
     ) -> None:
@@ -46,6 +50,8 @@ class Server:
         self._max_connections = max_connections
         self._max_in_flight = max_in_flight
         self._client_timeout = client_timeout
+        self._auth_timeout = auth_timeout
+        self._auth_report = RateLimitedReport(log, REPORT_EVERY_S)
         self._on_session_closed = on_session_closed
         self._before_lanes_close = before_lanes_close
         self._connections: set[Connection] = set()
@@ -99,7 +105,13 @@ class Server:
             self._hangups.add(fd, connection)
         log.debug("connection #%d opened: %s", session.id, session.describe())
         try:
-            await connection.serve()
+            if self._auth_timeout is None:
+                await connection.serve()
+            else:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._close_unless_authenticated, connection)
+                    await connection.serve()
+                    nursery.cancel_scope.cancel()
         except Exception:
             log.exception("connection failed; other connections are unaffected")
         finally:
@@ -110,6 +122,23 @@ class Server:
                 self._on_session_closed(session)
             except Exception:
                 log.exception("cleanup after connection #%d failed", session.id)
+
+    async def _close_unless_authenticated(self, connection: Connection) -> None:
+        """Where a token is required, a connection that has none in time gives its slot back.
+
+        Otherwise idle unauthenticated connections, which cost an attacker nothing, could hold
+        all of --max-connections and lock out every token holder.
+        """
+        assert self._auth_timeout is not None
+        await trio.sleep(self._auth_timeout)
+        if connection.session.authenticated:
+            return
+        self._auth_report.warning(
+            "closing %s: not authenticated within %g s",
+            connection.session.describe(),
+            self._auth_timeout,
+        )
+        connection.drain()
 
     async def run(
         self,
