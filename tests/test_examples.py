@@ -165,3 +165,60 @@ def test_quick_start_script_serves_and_explains() -> None:
     assert proc.returncode == 0
     assert f"socat - UNIX-CONNECT:{path}" in out
     assert not os.path.exists(path)
+
+
+def _sim_banner(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """Start scripts/sim; return it and the socat address its banner names."""
+    proc = subprocess.Popen(
+        [str(ROOT / "scripts" / "sim"), "--sim-gpus", "1", *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("  socat - "):
+            return proc, line.removeprefix("  socat - ").strip()
+    proc.wait(20)
+    pytest.fail(f"scripts/sim printed no socat line (exit {proc.returncode})")
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=20)
+    assert proc.returncode == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--socket-path", "{dir}/x.sock"],
+        ["--socket-path={dir}/x.sock"],
+        ["--mode", "tcp", "--tcp-bind-address", "127.0.0.1:0"],
+        ["--mode=tcp", "--tcp-bind-address", "127.0.0.1:0"],
+    ],
+)
+def test_quick_start_banner_names_the_address_zeusd_bound(args: list[str]) -> None:
+    """With --socket-path or --mode tcp, the banner's socat line reaches the daemon."""
+    directory = short_tempdir()
+    env = {k: v for k, v in os.environ.items() if k != "ZEUSD_SOCK_PATH"}
+    proc, address = _sim_banner([a.format(dir=directory) for a in args], env)
+    try:
+        if "--mode" in " ".join(args):
+            assert address.startswith("TCP:127.0.0.1:")
+            assert not address.endswith(":0")  # the port bound, not the one asked for
+        else:
+            assert address == f"UNIX-CONNECT:{directory}/x.sock"
+        done = subprocess.run(
+            [shutil.which("socat") or "socat", "-t", "2", "-", address],
+            input='{"jsonrpc":"2.0","method":"discover","id":1}\n',
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        assert len(json.loads(done.stdout)["result"]["gpus"]) == 1
+    finally:
+        _stop(proc)
