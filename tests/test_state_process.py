@@ -250,3 +250,19 @@ def test_restore_on_exit_promise_survives_a_crash(paths: Paths) -> None:
     _kill(daemon)
     with _running(paths) as again:
         assert _limits(again)["1"] == DEFAULT_MW
+
+
+def test_state_dir_under_a_directory_others_can_write_is_refused(paths: Paths) -> None:
+    """A state dir inside a directory others may write (and so swap it) is refused."""
+    shared = os.path.join(paths.root, "shared")
+    os.mkdir(shared)
+    os.chmod(shared, 0o777)
+    state = os.path.join(shared, "state")
+    done = run_zeusd(
+        "--gpu-backend", "sim", "--state-dir", state, "--socket-path", paths.socket, timeout=30
+    )
+    assert done.returncode == 1
+    assert f"--state-dir {state}: refusing state dir: directory {shared} is writable" in (
+        done.stderr
+    )
+    assert not os.path.exists(state)

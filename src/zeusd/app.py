@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -87,10 +88,17 @@ def open_state_dir(config: Config) -> RecordStore | None:
     """Open and lock --state-dir. Raises StartupError."""
     if config.state_dir is None:
         return None
+    # Every directory on the way is checked like the socket's: nobody else may swap them.
     try:
-        return RecordStore.open(config.state_dir)
+        parent_fd, _ = listeners.open_socket_dir(config.state_dir, "state dir")
+    except StartupError as exc:
+        raise StartupError(f"--state-dir {config.state_dir}: {exc}") from None
+    try:
+        return RecordStore.open(config.state_dir, parent_fd)
     except StateDirError as exc:
         raise StartupError(str(exc)) from None
+    finally:
+        os.close(parent_fd)
 
 
 def _restore_all(context: Context) -> None:

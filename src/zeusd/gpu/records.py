@@ -123,11 +123,16 @@ class RecordStore:
         self._lock_fd = lock_fd
 
     @classmethod
-    def open(cls, path: str) -> RecordStore:
-        """Create (0700) or check *path*, and lock it. Raises StateDirError."""
+    def open(cls, path: str, parent_fd: int | None = None) -> RecordStore:
+        """Create (0700) or check *path*, and lock it. Raises StateDirError.
+
+        With *parent_fd* (the directory that holds *path*, opened and checked by the
+        caller), everything happens relative to it, so nothing on the way can be swapped.
+        """
         path = os.path.abspath(path)
+        name = os.path.basename(path) if parent_fd is not None else path
         try:
-            os.mkdir(path, 0o700)
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
         except FileExistsError:
             pass
         except OSError as exc:
@@ -136,7 +141,8 @@ class RecordStore:
                 "pass --state-dir with a directory this user may create"
             ) from None
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(name, flags, dir_fd=parent_fd)
         except OSError as exc:
             why = "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror
             raise StateDirError(f"--state-dir {path}: cannot open it: {why}") from None

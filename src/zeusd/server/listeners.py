@@ -53,7 +53,9 @@ class UnixSocketFile:
             self.dir_fd = -1
 
 
-def _trust_problem(st: os.stat_result, shown: str, what: str = "directory") -> str | None:
+def _trust_problem(
+    st: os.stat_result, shown: str, what: str = "directory", purpose: str = "socket path"
+) -> str | None:
     """Why a directory (or symlink) on the socket's path is not safe to trust, or None.
 
     Whoever may replace an entry of a directory on the way can redirect the daemon, which
@@ -64,8 +66,8 @@ def _trust_problem(st: os.stat_result, shown: str, what: str = "directory") -> s
     """
     if st.st_uid not in (0, os.geteuid()):
         return (
-            f"{what} {shown} is owned by uid {st.st_uid}, who could swap what the socket "
-            "path leads to; use a directory owned by root"
+            f"{what} {shown} is owned by uid {st.st_uid}, who could swap what the {purpose} "
+            "leads to; use a directory owned by root"
         )
     if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
         who = (
@@ -75,13 +77,13 @@ def _trust_problem(st: os.stat_result, shown: str, what: str = "directory") -> s
         )
         return (
             f"{what} {shown} is writable by {who} (mode {stat.S_IMODE(st.st_mode):04o}), "
-            "who could swap what the socket path leads to; remove that write permission "
+            f"who could swap what the {purpose} leads to; remove that write permission "
             "or choose another directory"
         )
     return None
 
 
-def _open_checked(name: str, dir_fd: int | None, shown: str) -> int:
+def _open_checked(name: str, dir_fd: int | None, shown: str, purpose: str = "socket path") -> int:
     """Open directory *name* (relative to *dir_fd*) without following a symlink, and check
     the directory actually opened."""
     flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -89,14 +91,14 @@ def _open_checked(name: str, dir_fd: int | None, shown: str) -> int:
         fd = os.open(name, flags, dir_fd=dir_fd)
     except OSError as exc:
         raise StartupError(f"cannot open directory {shown}: {exc.strerror}") from exc
-    problem = _trust_problem(os.fstat(fd), shown)
+    problem = _trust_problem(os.fstat(fd), shown, purpose=purpose)
     if problem is not None:
         os.close(fd)
-        raise StartupError(f"refusing socket path: {problem}")
+        raise StartupError(f"refusing {purpose}: {problem}")
     return fd
 
 
-def open_socket_dir(path: str) -> tuple[int, str]:
+def open_socket_dir(path: str, purpose: str = "socket path") -> tuple[int, str]:
     """Open the directory that is to hold socket *path*; return (its fd, the socket's name).
 
     The path is resolved one component at a time from ``/``, each directory opened with
@@ -112,7 +114,7 @@ def open_socket_dir(path: str) -> tuple[int, str]:
     if not name or name in (".", ".."):
         raise StartupError(f"socket path {path} names no file")
     pending = [c for c in reversed(parent.split("/")) if c]
-    walk = _Walk(path)
+    walk = _Walk(path, purpose)
     try:
         while pending:
             walk.step(pending.pop(), pending)
@@ -125,9 +127,10 @@ def open_socket_dir(path: str) -> tuple[int, str]:
 class _Walk:
     """Where open_socket_dir's resolution stands: the checked directory held open."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, purpose: str = "socket path") -> None:
         self.path = path
-        self.fd = _open_checked("/", None, "/")
+        self.purpose = purpose
+        self.fd = _open_checked("/", None, "/", purpose)
         self.shown = "/"
         self.links = 0
 
@@ -141,7 +144,7 @@ class _Walk:
             return
         if part == "..":
             up = os.path.dirname(self.shown)
-            self._move(_open_checked("..", self.fd, up), up)
+            self._move(_open_checked("..", self.fd, up, self.purpose), up)
             return
         here = os.path.join(self.shown, part)
         try:
@@ -149,7 +152,7 @@ class _Walk:
         except FileNotFoundError:
             try:
                 os.mkdir(part, 0o755, dir_fd=self.fd)
-                log.info("created directory %s for the socket", here)
+                log.info("created directory %s for the %s", here, self.purpose)
             except FileExistsError:
                 pass  # someone was quicker: whatever it is gets checked below
             except OSError as exc:
@@ -157,19 +160,19 @@ class _Walk:
             st = os.stat(part, dir_fd=self.fd, follow_symlinks=False)
         if stat.S_ISLNK(st.st_mode):
             self.links += 1
-            problem = _trust_problem(st, here, "symlink")
+            problem = _trust_problem(st, here, "symlink", self.purpose)
             if problem is not None:
-                raise StartupError(f"refusing socket path: {problem}")
+                raise StartupError(f"refusing {self.purpose}: {problem}")
             if self.links > _MAX_LINKS:
                 raise StartupError(f"too many symlinks resolving {self.path}")
             target = os.readlink(part, dir_fd=self.fd)
             pending.extend(c for c in reversed(target.split("/")) if c)
             if target.startswith("/"):
-                self._move(_open_checked("/", None, "/"), "/")
+                self._move(_open_checked("/", None, "/", self.purpose), "/")
             return
         if not stat.S_ISDIR(st.st_mode):
             raise StartupError(f"{here} is not a directory")
-        self._move(_open_checked(part, self.fd, here), here)
+        self._move(_open_checked(part, self.fd, here, self.purpose), here)
 
 
 def _in_dir(dir_fd: int, name: str) -> str:
