@@ -6,13 +6,13 @@ from typing import Any
 
 import pytest
 
+from zeusd.core.access import allowed_groups, check_access
+from zeusd.core.context import Context
+from zeusd.core.errors import AuthRequiredError, GroupDisabledError, PermissionDeniedError
+from zeusd.core.gpu_commands import GpuTable
+from zeusd.core.methods import build_methods
+from zeusd.core.session import Session
 from zeusd.gpu.backend import NvmlBackend
-from zeusd.gpu.commands import GpuTable
-from zeusd.rpc.access import allowed_groups, check_access
-from zeusd.rpc.context import Context
-from zeusd.rpc.errors import AuthRequiredError, GroupDisabledError, PermissionDeniedError
-from zeusd.rpc.methods import build_methods
-from zeusd.rpc.session import Session
 from zeusd.sim import SimNvml, default_sim_gpus
 
 METHODS = build_methods()

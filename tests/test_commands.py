@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from zeusd.gpu import commands as cmd
+from zeusd.core import gpu_commands as cmd
+from zeusd.core.errors import InvalidParamsError
+from zeusd.core.omitted import OMITTED
 from zeusd.gpu.backend import GpuInfo
-from zeusd.rpc.errors import InvalidParamsError
-from zeusd.rpc.omitted import OMITTED
 
 
 def _gpu(index: int, low: int = 200_000, high: int = 700_000) -> GpuInfo:

@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 from jsonrpcserver.result import Success
 
+from zeusd.core.context import Context
+from zeusd.core.gpu_commands import GpuTable
+from zeusd.core.methods import MethodSpec, build_methods
+from zeusd.core.session import Session
 from zeusd.gpu.backend import NvmlBackend
-from zeusd.gpu.commands import GpuTable
-from zeusd.rpc.context import Context
 from zeusd.rpc.dispatch import Dispatcher
-from zeusd.rpc.methods import MethodSpec, build_methods
-from zeusd.rpc.session import Session
 from zeusd.sim import SimNvml, default_sim_gpus
 
 SESSION = Session(transport="uds")

@@ -21,14 +21,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from process_helpers import DaemonProcess, parse_line, parse_output, short_tempdir, start_daemon
+from zeusd.core.context import Context
+from zeusd.core.gpu_commands import GpuTable
+from zeusd.core.methods import API_GROUPS, build_methods
+from zeusd.core.session import Session
 from zeusd.gpu.backend import NvmlBackend
-from zeusd.gpu.commands import GpuTable
 from zeusd.gpu.lanes import GpuLanes
-from zeusd.rpc.context import Context
 from zeusd.rpc.dispatch import Dispatcher
 from zeusd.rpc.framing import LineBuffer
-from zeusd.rpc.methods import API_GROUPS, build_methods
-from zeusd.rpc.session import Session
 from zeusd.sim import SimNvml, default_sim_gpus
 
 IN_PROCESS_CASES = 3400  # per strategy; three strategies

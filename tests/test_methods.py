@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from conftest import LineClient, SimDaemon, start_sim_daemon
-from zeusd.rpc.methods import build_methods
+from zeusd.core.methods import build_methods
 from zeusd.sim import FAULT_FUNCTIONS, SimGpuSpec
 
 METHODS = build_methods()

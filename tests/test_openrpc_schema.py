@@ -21,7 +21,7 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT7
 
 from zeusd import __version__
-from zeusd.rpc.methods import build_methods
+from zeusd.core.methods import build_methods
 from zeusd.rpc.openrpc import openrpc_document
 
 OPENRPC_PACKAGE = "@open-rpc/meta-schema@1.14.9"

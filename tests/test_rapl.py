@@ -10,6 +10,9 @@ import pytest
 import trio
 
 from fake_rapl import dram_energy, make_tree, make_zone, package_energy, write_int
+from zeusd.core.cpus import CpuTable, power_mw
+from zeusd.core.errors import DeviceError, InvalidParamsError
+from zeusd.core.omitted import OMITTED
 from zeusd.cpu.rapl import (
     MAX_WRAP_CHECK_S,
     MIN_WRAP_CHECK_S,
@@ -19,9 +22,6 @@ from zeusd.cpu.rapl import (
     open_rapl,
     wrap_check_period_s,
 )
-from zeusd.cpu.table import CpuTable, power_mw
-from zeusd.rpc.errors import DeviceError, InvalidParamsError
-from zeusd.rpc.omitted import OMITTED
 from zeusd.stream.sources import CpuPowerSource
 
 

@@ -14,7 +14,7 @@ import trio.testing
 
 from conftest import LineClient, SimDaemon, start_sim_daemon
 from fake_rapl import REAL_RANGE_UJ, make_tree, package_energy, write_int
-from zeusd.rpc.session import Session
+from zeusd.core.session import Session
 from zeusd.server.connection import Connection
 from zeusd.server.listeners import StartupError
 from zeusd.sim import SimGpuSpec, default_sim_gpus

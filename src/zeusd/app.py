@@ -13,18 +13,18 @@ import trio
 
 from zeusd import __version__
 from zeusd.config import Config
+from zeusd.core.context import Context
+from zeusd.core.cpus import CpuTable
+from zeusd.core.gpu_commands import GpuTable
+from zeusd.core.methods import API_GROUPS, CPU_READ, build_methods
+from zeusd.core.session import Session
 from zeusd.cpu.rapl import RaplCpu, RaplUnavailableError, open_rapl
-from zeusd.cpu.table import CpuTable
 from zeusd.gpu.backend import NvmlBackend, NvmlCallError
-from zeusd.gpu.commands import GpuTable
 from zeusd.gpu.lanes import GpuLanes
 from zeusd.gpu.ledger import SettingsLedger
 from zeusd.gpu.records import RecordStore, StateDirError
 from zeusd.recovery import recover
-from zeusd.rpc.context import Context
 from zeusd.rpc.dispatch import Dispatcher
-from zeusd.rpc.methods import API_GROUPS, CPU_READ, build_methods
-from zeusd.rpc.session import Session
 from zeusd.server import listeners
 from zeusd.server.daemon import Server, stop_on_signals
 from zeusd.server.listeners import StartupError

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import logging
 
+from zeusd.core.audit import record_start_restore
 from zeusd.gpu.backend import NvmlBackend, NvmlCallError
 from zeusd.gpu.ledger import from_record_value, restore_setting
 from zeusd.gpu.records import Record, RecordStore, boot_id
-from zeusd.rpc.audit import record_start_restore
 
 log = logging.getLogger(__name__)
 

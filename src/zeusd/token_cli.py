@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from zeusd import tokens
-from zeusd.rpc.methods import API_GROUPS
+from zeusd.core.methods import API_GROUPS
 
 
 def _groups(text: str) -> list[str]:

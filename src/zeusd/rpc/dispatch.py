@@ -35,13 +35,13 @@ from jsonrpcserver.result import (
 from jsonrpcserver.sentinels import NOID
 from oslash.either import Left
 
+from zeusd.core.access import check_access
+from zeusd.core.audit import record_write
+from zeusd.core.context import Context
+from zeusd.core.errors import INVALID_REQUEST, PARSE_ERROR, InvalidParamsError
+from zeusd.core.methods import GPU_CONTROL, MethodSpec
+from zeusd.core.session import Session
 from zeusd.logfmt import MAX_QUOTED_CHARS, clip
-from zeusd.rpc.access import check_access
-from zeusd.rpc.audit import record_write
-from zeusd.rpc.context import Context
-from zeusd.rpc.errors import INVALID_REQUEST, PARSE_ERROR, InvalidParamsError
-from zeusd.rpc.methods import GPU_CONTROL, MethodSpec
-from zeusd.rpc.session import Session
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from zeusd.rpc import errors
-from zeusd.rpc.methods import MethodSpec, build_methods
+from zeusd.core import errors
+from zeusd.core.methods import MethodSpec, build_methods
 
 OPENRPC_VERSION = "1.2.6"
 

@@ -13,7 +13,7 @@ client does not take within that time ends the connection. A connection that
 sends nothing at all is left alone: holding a connection open is legitimate (subscriptions,
 a training job's whole run); ``--max-connections`` bounds how many there are.
 
-The connection is also its session's :class:`~zeusd.rpc.session.Outbox`: subscription
+The connection is also its session's :class:`~zeusd.core.session.Outbox`: subscription
 notifications wait in one slot per subscription (newest replaces unsent older) and a writer
 task queues them in the same outgoing buffer as replies, so lines never interleave. A
 subscription's lines are held back until the reply that created it has been written, and an
@@ -31,9 +31,9 @@ from collections.abc import Iterator
 
 import trio
 
+from zeusd.core.session import Session
 from zeusd.rpc.dispatch import Dispatcher, Message, encode_reply, parse_error, reply_parts
 from zeusd.rpc.framing import LineBuffer
-from zeusd.rpc.session import Session
 
 log = logging.getLogger(__name__)
 

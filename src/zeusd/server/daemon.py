@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 import trio
 
+from zeusd.core.session import Session
 from zeusd.failure_runs import FailureRun
 from zeusd.gpu.lanes import GpuLanes
 from zeusd.rpc.dispatch import Dispatcher
-from zeusd.rpc.session import Session
 from zeusd.server.accept import serve_listener
 from zeusd.server.connection import Connection
 from zeusd.server.hangups import Hangups

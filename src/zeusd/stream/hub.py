@@ -35,8 +35,8 @@ from typing import Any, Protocol
 import attrs
 import trio
 
+from zeusd.core.session import Outbox
 from zeusd.gpu.lanes import Job
-from zeusd.rpc.session import Outbox
 
 log = logging.getLogger(__name__)
 

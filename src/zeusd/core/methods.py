@@ -16,11 +16,11 @@ from typing import Any
 import attrs
 from jsonrpcserver.result import Result, Success
 
-from zeusd.gpu import commands as cmd
-from zeusd.rpc import streaming
-from zeusd.rpc.context import Context
-from zeusd.rpc.omitted import OMITTED
-from zeusd.rpc.session import Session
+from zeusd.core import gpu_commands as cmd
+from zeusd.core import streaming
+from zeusd.core.context import Context
+from zeusd.core.omitted import OMITTED
+from zeusd.core.session import Session
 from zeusd.stream.hub import DEFAULT_INTERVAL_MS, MAX_INTERVAL_MS, MIN_INTERVAL_MS
 
 Handler = Callable[..., "Result | Awaitable[Result]"]
@@ -228,7 +228,7 @@ def _rpc_discover(ctx: Context, session: Session) -> Result:
 
 def build_methods() -> Mapping[str, MethodSpec]:
     """Every method zeusd serves, by name."""
-    from zeusd.rpc.session_methods import session_methods  # they need MethodSpec from here
+    from zeusd.core.session_methods import session_methods  # they need MethodSpec from here
 
     power_limit = Param(
         "power_limit_mw",

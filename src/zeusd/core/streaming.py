@@ -7,10 +7,10 @@ from typing import Any
 
 from jsonrpcserver.result import Result, Success
 
-from zeusd.rpc.context import Context
-from zeusd.rpc.errors import InvalidParamsError
-from zeusd.rpc.params import check_int, show
-from zeusd.rpc.session import Session
+from zeusd.core.context import Context
+from zeusd.core.errors import InvalidParamsError
+from zeusd.core.params import check_int, show
+from zeusd.core.session import Session
 from zeusd.stream.hub import (
     MAX_INTERVAL_MS,
     MIN_INTERVAL_MS,

@@ -9,10 +9,10 @@ from typing import Any
 
 import trio
 
+from zeusd.core.errors import DeviceError
+from zeusd.core.params import resolve_ids
 from zeusd.cpu.rapl import RaplCpu, RaplError, wrap_check_period_s
 from zeusd.failure_runs import FailureRun
-from zeusd.rpc.errors import DeviceError
-from zeusd.rpc.params import resolve_ids
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any
 from jsonrpcserver.result import Result
 from oslash.either import Left
 
-from zeusd.rpc.session import Session
+from zeusd.core.session import Session
 
 log = logging.getLogger("zeusd.audit")
 

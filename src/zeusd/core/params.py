@@ -6,8 +6,8 @@ import json
 from collections.abc import Mapping
 from typing import TypeVar
 
-from zeusd.rpc.errors import InvalidParamsError
-from zeusd.rpc.omitted import OMITTED
+from zeusd.core.errors import InvalidParamsError
+from zeusd.core.omitted import OMITTED
 
 T = TypeVar("T")
 

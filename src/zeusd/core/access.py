@@ -14,10 +14,10 @@ The one place for access rules, so that every method goes through the same gate.
 
 from __future__ import annotations
 
-from zeusd.rpc.context import Context
-from zeusd.rpc.errors import AuthRequiredError, GroupDisabledError, PermissionDeniedError
-from zeusd.rpc.methods import GPU_CONTROL, MethodSpec
-from zeusd.rpc.session import Session
+from zeusd.core.context import Context
+from zeusd.core.errors import AuthRequiredError, GroupDisabledError, PermissionDeniedError
+from zeusd.core.methods import GPU_CONTROL, MethodSpec
+from zeusd.core.session import Session
 
 #: Callable before a token-requiring connection has authenticated.
 OPEN_BEFORE_AUTH = frozenset({"discover", "time", "rpc.discover", "session.authenticate"})

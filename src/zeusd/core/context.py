@@ -13,13 +13,13 @@ import trio
 from jsonrpcserver.result import Success
 from outcome import Outcome
 
-from zeusd.cpu.table import CpuTable
+from zeusd.core.cpus import CpuTable
+from zeusd.core.errors import DeviceError
+from zeusd.core.gpu_commands import GpuCommand, GpuTable
+from zeusd.core.session import Session
 from zeusd.gpu.backend import NvmlCallError, NvmlDevice
-from zeusd.gpu.commands import GpuCommand, GpuTable
 from zeusd.gpu.lanes import GpuLanes, Job
 from zeusd.gpu.ledger import SettingsLedger
-from zeusd.rpc.errors import DeviceError
-from zeusd.rpc.session import Session
 from zeusd.stream.hub import PowerHub
 
 

@@ -14,11 +14,11 @@ from typing import Any, ClassVar, Protocol
 
 import attrs
 
+from zeusd.core.errors import InvalidParamsError
+from zeusd.core.omitted import OMITTED, Omitted
+from zeusd.core.params import check_int, resolve_ids, show
 from zeusd.gpu import ledger
 from zeusd.gpu.backend import GpuInfo, NvmlCallError, NvmlDevice
-from zeusd.rpc.errors import InvalidParamsError
-from zeusd.rpc.omitted import OMITTED, Omitted
-from zeusd.rpc.params import check_int, resolve_ids, show
 
 UINT32_MAX = 2**32 - 1
 MIN_CLOCK_MHZ = 1

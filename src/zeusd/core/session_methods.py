@@ -9,13 +9,13 @@ import trio
 from jsonrpcserver.result import Result, Success
 
 from zeusd import tokens
+from zeusd.core.context import Context
+from zeusd.core.errors import AuthRequiredError, InvalidParamsError
+from zeusd.core.methods import MethodSpec, Param, _object
+from zeusd.core.params import show
+from zeusd.core.session import Session
 from zeusd.gpu.lanes import Job
 from zeusd.logfmt import clip
-from zeusd.rpc.context import Context
-from zeusd.rpc.errors import AuthRequiredError, InvalidParamsError
-from zeusd.rpc.methods import MethodSpec, Param, _object
-from zeusd.rpc.params import show
-from zeusd.rpc.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ _STRINGS = {"type": "array", "items": {"type": "string"}}
 
 
 def _whoami(ctx: Context, session: Session) -> Result:
-    from zeusd.rpc.access import allowed_groups  # access needs this module's table
+    from zeusd.core.access import allowed_groups  # access needs this module's table
 
     return Success(
         {

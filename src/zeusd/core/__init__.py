@@ -1,0 +1,1 @@
+"""The core: methods, validation, access policy, audit; no protocol and no I/O."""
