@@ -13,9 +13,10 @@ from zeusd.core.gpu_commands import GpuTable
 from zeusd.core.methods import build_methods
 from zeusd.core.session import Session
 from zeusd.gpu.backend import NvmlBackend
+from zeusd.rpc.openrpc import with_rpc_discover
 from zeusd.sim import SimNvml, default_sim_gpus
 
-METHODS = build_methods()
+METHODS = with_rpc_discover(build_methods())
 _backend = NvmlBackend.open(SimNvml(default_sim_gpus(1)), name="sim")
 
 

@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 import pytest
-from jsonrpcserver.result import Success
 
 from zeusd.core.context import Context
 from zeusd.core.gpu_commands import GpuTable
@@ -145,7 +144,7 @@ def test_unexpected_exception_is_internal_error(caplog: Any) -> None:
     def broken(ctx: Any, session: Any) -> Any:
         raise KeyError("oops")
 
-    spec = MethodSpec("broken", "always fails", None, (), {}, broken)
+    spec = MethodSpec("broken", "always fails", None, (), {}, broken, touches_devices=False)
     reply = _reply('{"jsonrpc":"2.0","method":"broken","id":3}', spec)
     assert reply["error"]["code"] == -32603
     assert reply["id"] == 3
@@ -154,7 +153,9 @@ def test_unexpected_exception_is_internal_error(caplog: Any) -> None:
 
 def test_unserializable_result_is_internal_error() -> None:
     """A result JSON cannot carry becomes -32603 instead of a broken line."""
-    spec = MethodSpec("weird", "returns a set", None, (), {}, lambda ctx, session: Success({1, 2}))
+    spec = MethodSpec(
+        "weird", "returns a set", None, (), {}, lambda ctx, session: {1, 2}, touches_devices=False
+    )
     reply = _reply('{"jsonrpc":"2.0","method":"weird","id":4}', spec)
     assert reply["error"]["code"] == -32603
 

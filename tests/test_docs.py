@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+from typing import Any
 
 from zeusd import __version__
-from zeusd.rpc.openrpc import openrpc_document
+from zeusd.core.methods import build_methods
+from zeusd.rpc.dispatch import notification_line
+from zeusd.rpc.openrpc import openrpc_document, with_rpc_discover
+from zeusd.stream.outbox import PowerSample
+
+
+def _document() -> dict[str, Any]:
+    return openrpc_document(__version__, with_rpc_discover(build_methods()))
+
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL = (ROOT / "docs" / "protocol.md").read_text(encoding="utf-8")
@@ -17,7 +27,7 @@ _HEADING = re.compile(r"^#{3,4} (.+)$", re.MULTILINE)
 
 def served() -> dict[str, dict[str, object]]:
     """Every method ``rpc.discover`` describes, by name."""
-    return {m["name"]: m for m in openrpc_document(__version__)["methods"]}
+    return {m["name"]: m for m in _document()["methods"]}
 
 
 def overview() -> dict[str, tuple[str, list[str]]]:
@@ -60,7 +70,9 @@ def test_every_method_has_a_section_naming_its_params() -> None:
 def _notification_methods() -> set[str]:
     """Methods the daemon sends (subscription notifications), as named where hubs are made."""
     app = (ROOT / "src" / "zeusd" / "app.py").read_text(encoding="utf-8")
-    return set(re.findall(r'PowerHub\(\s*"([a-z]+\.[a-z_]+)"', app))
+    kinds = re.findall(r'PowerHub\(\s*"([a-z]+)"', app)
+    lines = [notification_line(PowerSample(kind, "s", 0, {})) for kind in kinds]
+    return {json.loads(line)["method"] for line in lines}
 
 
 def test_no_documented_method_that_does_not_exist() -> None:

@@ -23,8 +23,9 @@ from hypothesis import strategies as st
 from process_helpers import DaemonProcess, parse_line, parse_output, short_tempdir, start_daemon
 from zeusd.core.context import Context
 from zeusd.core.gpu_commands import GpuTable
-from zeusd.core.methods import API_GROUPS, build_methods
+from zeusd.core.methods import build_methods
 from zeusd.core.session import Session
+from zeusd.core.spec import API_GROUPS
 from zeusd.gpu.backend import NvmlBackend
 from zeusd.gpu.lanes import GpuLanes
 from zeusd.rpc.dispatch import Dispatcher

@@ -12,7 +12,9 @@ import pytest
 import trio
 
 from zeusd.gpu.lanes import Job
+from zeusd.rpc.dispatch import notification_line
 from zeusd.stream.hub import PowerHub, SubscriptionBudget, SubscriptionLimitError
+from zeusd.stream.outbox import PowerSample
 
 
 class FakeSource:
@@ -51,7 +53,8 @@ class Recorder:
     def register(self, key: str) -> None:
         pass
 
-    def put(self, key: str, line: bytes) -> None:
+    def put(self, key: str, sample: PowerSample) -> None:
+        line = notification_line(sample)
         assert line.endswith(b"\n")
         self.lines.setdefault(key, []).append(json.loads(line))
 
@@ -60,7 +63,7 @@ class Recorder:
 
 
 async def run_hub(nursery: trio.Nursery, source: FakeSource, devices: int = 2) -> PowerHub:
-    hub = PowerHub("gpu.power", source, range(devices))
+    hub = PowerHub("gpu", source, range(devices))
     await nursery.start(hub.run)
     return hub
 
@@ -186,8 +189,8 @@ async def test_shared_budget_caps_subscriptions_over_hubs(
 ) -> None:
     """Two hubs sharing a budget of 3 refuse the 4th subscription until one ends."""
     budget = SubscriptionBudget(3)
-    gpus = PowerHub("gpu.power", FakeSource(), range(2), budget)
-    cpus = PowerHub("cpu.power", FakeSource(), range(1), budget)
+    gpus = PowerHub("gpu", FakeSource(), range(2), budget)
+    cpus = PowerHub("cpu", FakeSource(), range(1), budget)
     await nursery.start(gpus.run)
     await nursery.start(cpus.run)
     out = Recorder()

@@ -10,9 +10,10 @@ import trio
 
 from conftest import LineClient, SimDaemon, start_sim_daemon
 from zeusd.core.methods import build_methods
+from zeusd.rpc.openrpc import with_rpc_discover
 from zeusd.sim import FAULT_FUNCTIONS, SimGpuSpec
 
-METHODS = build_methods()
+METHODS = with_rpc_discover(build_methods())
 
 # Params that make each GPU method valid for GPU 0 (and GPU 1 where a list is given).
 VALID_PARAMS: dict[str, dict[str, Any]] = {

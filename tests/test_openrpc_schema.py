@@ -22,7 +22,12 @@ from referencing.jsonschema import DRAFT7
 
 from zeusd import __version__
 from zeusd.core.methods import build_methods
-from zeusd.rpc.openrpc import openrpc_document
+from zeusd.rpc.openrpc import openrpc_document, with_rpc_discover
+
+
+def _document() -> dict[str, Any]:
+    return openrpc_document(__version__, with_rpc_discover(build_methods()))
+
 
 OPENRPC_PACKAGE = "@open-rpc/meta-schema@1.14.9"
 JSON_SCHEMA_PACKAGE = "@json-schema-tools/meta-schema@1.8.0"
@@ -88,7 +93,7 @@ def test_rpc_discover_is_a_valid_openrpc_document(validator: jsonschema.Draft7Va
     """The document has no meta-schema violations."""
     errors = [
         f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-        for e in validator.iter_errors(openrpc_document(__version__))
+        for e in validator.iter_errors(_document())
     ]
     assert errors == []
 
@@ -105,7 +110,7 @@ def test_meta_schema_catches_a_broken_document(
     validator: jsonschema.Draft7Validator, path: tuple[Any, ...], value: Any
 ) -> None:
     """The check has teeth: each kind of mistake alone makes the document invalid."""
-    broken = json.loads(json.dumps(openrpc_document(__version__)))
+    broken = json.loads(json.dumps(_document()))
     target = broken
     for key in path[:-1]:
         target = target[key]

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from fake_rapl import dram_energy, make_tree, make_zone, package_energy, write_int
-from zeusd.core.cpus import CpuTable, power_mw
+from zeusd.core.cpus import CpuTable
 from zeusd.core.errors import DeviceError, InvalidParamsError
 from zeusd.core.omitted import OMITTED
 from zeusd.cpu.rapl import (
@@ -20,6 +20,7 @@ from zeusd.cpu.rapl import (
     EnergyCounter,
     RaplUnavailableError,
     open_rapl,
+    power_mw,
     wrap_check_period_s,
 )
 from zeusd.stream.sources import CpuPowerSource

@@ -15,9 +15,11 @@ import trio.testing
 from conftest import LineClient, SimDaemon, start_sim_daemon
 from fake_rapl import REAL_RANGE_UJ, make_tree, package_energy, write_int
 from zeusd.core.session import Session
+from zeusd.rpc.dispatch import notification_line
 from zeusd.server.connection import Connection
 from zeusd.server.listeners import StartupError
 from zeusd.sim import SimGpuSpec, default_sim_gpus
+from zeusd.stream.outbox import PowerSample
 
 
 async def notifications(client: LineClient, seconds: float) -> list[Any]:
@@ -196,6 +198,10 @@ async def test_a_stalled_reader_neither_grows_nor_slows_others(daemon: SimDaemon
     await stalled.aclose()
 
 
+def _sample(n: int) -> PowerSample:
+    return PowerSample("gpu", "a", n, {"0": n})
+
+
 async def test_slow_reader_keeps_only_the_newest_line() -> None:
     """While a client does not read, each subscription holds one unsent line, the newest."""
     ours, theirs = trio.testing.lockstep_stream_pair()
@@ -206,11 +212,11 @@ async def test_slow_reader_keeps_only_the_newest_line() -> None:
         session.outbox.register("a")
         connection._release(["a"])
         for n in range(1000):
-            session.outbox.put("a", b"%d\n" % n)
+            session.outbox.put("a", _sample(n))
             await trio.sleep(0)
         assert len(connection._ready) <= 1
         received = b""
-        while not received.endswith(b"999\n"):
+        while not received.endswith(notification_line(_sample(999))):
             received += await theirs.receive_some(100)
         # The writer blocked on the first line; everything between was replaced.
         assert received.count(b"\n") <= 3
@@ -225,15 +231,15 @@ async def test_lines_wait_for_their_subscribe_reply_and_end_at_drop() -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(connection._write_notifications)
         session.outbox.register("a")
-        session.outbox.put("a", b"held\n")
+        session.outbox.put("a", _sample(1))
         await trio.sleep(0.05)
         with trio.move_on_after(0.05):
             assert await theirs.receive_some() == b""  # pragma: no cover - must time out
         connection._release(["a"])
-        assert await theirs.receive_some() == b"held\n"
-        session.outbox.put("a", b"x\n")
+        assert await theirs.receive_some() == notification_line(_sample(1))
+        session.outbox.put("a", _sample(2))
         session.outbox.drop("a")
-        session.outbox.put("a", b"y\n")
+        session.outbox.put("a", _sample(3))
         with trio.move_on_after(0.05) as scope:
             await theirs.receive_some()
         assert scope.cancelled_caught

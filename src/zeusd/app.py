@@ -16,8 +16,9 @@ from zeusd.config import Config
 from zeusd.core.context import Context
 from zeusd.core.cpus import CpuTable
 from zeusd.core.gpu_commands import GpuTable
-from zeusd.core.methods import API_GROUPS, CPU_READ, build_methods
+from zeusd.core.methods import build_methods
 from zeusd.core.session import Session
+from zeusd.core.spec import API_GROUPS, CPU_READ
 from zeusd.cpu.rapl import RaplCpu, RaplUnavailableError, open_rapl
 from zeusd.gpu.backend import NvmlBackend, NvmlCallError
 from zeusd.gpu.lanes import GpuLanes
@@ -164,12 +165,12 @@ async def _serve(
     # One budget for both hubs: --max-subscriptions counts GPU and CPU subscriptions.
     budget = SubscriptionBudget(config.max_subscriptions)
     gpu_power = PowerHub(
-        "gpu.power",
+        "gpu",
         GpuPowerSource(backend.devices, lanes),
         range(len(backend.devices)),
         budget,
     )
-    cpu_power = PowerHub("cpu.power", CpuPowerSource(cpus), (cpu.id for cpu in cpus), budget)
+    cpu_power = PowerHub("cpu", CpuPowerSource(cpus), (cpu.id for cpu in cpus), budget)
     context = Context(
         version=__version__,
         backend=backend.name,

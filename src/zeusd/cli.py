@@ -30,7 +30,7 @@ from zeusd.config import (
     DEFAULT_TCP_BIND_ADDRESS,
     Config,
 )
-from zeusd.core.methods import API_GROUPS
+from zeusd.core.spec import API_GROUPS
 from zeusd.server import fdlimit
 from zeusd.server.listeners import StartupError, parse_host_port
 

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from zeusd import tokens
-from zeusd.core.methods import API_GROUPS
+from zeusd.core.spec import API_GROUPS
 
 
 def _groups(text: str) -> list[str]:

@@ -16,18 +16,15 @@ from __future__ import annotations
 
 from zeusd.core.context import Context
 from zeusd.core.errors import AuthRequiredError, GroupDisabledError, PermissionDeniedError
-from zeusd.core.methods import GPU_CONTROL, MethodSpec
 from zeusd.core.session import Session
-
-#: Callable before a token-requiring connection has authenticated.
-OPEN_BEFORE_AUTH = frozenset({"discover", "time", "rpc.discover", "session.authenticate"})
+from zeusd.core.spec import GPU_CONTROL, MethodSpec
 
 
 def check_access(context: Context, session: Session, spec: MethodSpec) -> None:
-    """Raise the RpcError that refuses *spec* to *session*, or return."""
+    """Raise the ZeusdError that refuses *spec* to *session*, or return."""
     if spec.group is not None and spec.group not in context.enabled_groups:
         raise GroupDisabledError(spec.name, spec.group)
-    if spec.name in OPEN_BEFORE_AUTH:
+    if spec.public:
         return
     if context.requires_token(session.transport) and not session.authenticated:
         raise AuthRequiredError(

@@ -12,9 +12,7 @@ import json
 import logging
 from typing import Any
 
-from jsonrpcserver.result import Result
-from oslash.either import Left
-
+from zeusd.core.errors import DEVICE_ERROR, ZeusdError
 from zeusd.core.session import Session
 
 log = logging.getLogger("zeusd.audit")
@@ -34,25 +32,22 @@ def _loggable(params: Any) -> Any:
     return {"truncated": text[:MAX_PARAMS_CHARS], "length": len(text)}
 
 
-def outcome_of(result: Result) -> dict[str, Any]:
-    """``{"status": ..., "gpus": {"<id>": "ok" | error}}`` from a write's Result."""
-    if not isinstance(result, Left):
-        value = getattr(result._value, "result", None)  # a Right holding a SuccessResult
-        applied = value.get("applied", []) if isinstance(value, dict) else []
+def outcome_of(result: Any) -> dict[str, Any]:
+    """``{"status": ..., "gpus": {"<id>": "ok" | error}}`` from a write's result or error."""
+    if not isinstance(result, ZeusdError):
+        applied = result.get("applied", []) if isinstance(result, dict) else []
         return {"status": "ok", "gpus": {str(gpu): "ok" for gpu in applied}}
-    err = result._error
-    data = err.data if isinstance(err.data, dict) else {}
-    if err.code == -32001 and "succeeded" in data:
+    data = result.data if isinstance(result.data, dict) else {}
+    if result.code == DEVICE_ERROR and "succeeded" in data:
         gpus: dict[str, Any] = {str(gpu): "ok" for gpu in data["succeeded"]}
         gpus.update(data.get("errors", {}))
         return {"status": "device error", "gpus": gpus}
-    reason = data.get("reason", err.message)
-    return {"status": "refused", "code": err.code, "reason": str(reason)[:MAX_PARAMS_CHARS]}
+    reason = data.get("reason", result.message)
+    return {"status": "refused", "code": result.code, "reason": str(reason)[:MAX_PARAMS_CHARS]}
 
 
-def record_write(
-    session: Session, method: str, params: Any, result: Result, seconds: float
-) -> None:
+def record_write(session: Session, method: str, params: Any, result: Any, seconds: float) -> None:
+    """Log one write: *result* is its result value, or the ZeusdError it ended in."""
     outcome = outcome_of(result)
     fields = {
         **session.identity(),

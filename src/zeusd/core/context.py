@@ -10,15 +10,14 @@ from typing import Any
 
 import attrs
 import trio
-from jsonrpcserver.result import Success
 from outcome import Outcome
 
 from zeusd.core.cpus import CpuTable
-from zeusd.core.errors import DeviceError
+from zeusd.core.errors import DEVICE_FAILURES, DeviceError, failure_detail
 from zeusd.core.gpu_commands import GpuCommand, GpuTable
 from zeusd.core.session import Session
-from zeusd.gpu.backend import NvmlCallError, NvmlDevice
-from zeusd.gpu.lanes import GpuLanes, Job
+from zeusd.gpu.backend import NvmlDevice
+from zeusd.gpu.lanes import GpuLanes, Job, LaneClosedError
 from zeusd.gpu.ledger import SettingsLedger
 from zeusd.stream.hub import PowerHub
 
@@ -72,10 +71,17 @@ class Context:
         order in which each GPU sees them. A write made for *session* is recorded in the
         ledger, so that it can be undone.
         """
-        jobs = [
-            (gpu.index, self.lanes.submit(gpu.index, self._bind(command, gpu.index, session)))
-            for gpu in command.gpus
-        ]
+        try:
+            jobs = [
+                (gpu.index, self.lanes.submit(gpu.index, self._bind(command, gpu.index, session)))
+                for gpu in command.gpus
+            ]
+        except LaneClosedError as exc:
+            # The lanes close together, at shutdown: nothing of this command was queued.
+            detail = failure_detail(exc) or {}
+            raise DeviceError(
+                succeeded=[], errors={g.index: detail for g in command.gpus}
+            ) from None
         return _collect(self.lanes, command, jobs)
 
     def _bind(self, command: GpuCommand, gpu: int, session: Session | None) -> Any:
@@ -116,8 +122,8 @@ async def _collect(lanes: GpuLanes, command: GpuCommand, jobs: list[tuple[int, J
     for gpu, _ in jobs:
         try:
             values[gpu] = outcomes[gpu].unwrap()
-        except NvmlCallError as exc:
-            errors[gpu] = exc.detail()
+        except DEVICE_FAILURES as exc:
+            errors[gpu] = failure_detail(exc) or {}
     if errors:
         raise DeviceError(succeeded=list(values), errors=errors)
-    return Success(command.result(values))
+    return command.result(values)

@@ -9,9 +9,9 @@ from typing import Any
 
 import trio
 
-from zeusd.core.errors import DeviceError
+from zeusd.core.errors import DeviceError, failure_detail
 from zeusd.core.params import resolve_ids
-from zeusd.cpu.rapl import RaplCpu, RaplError, wrap_check_period_s
+from zeusd.cpu.rapl import RaplCpu, RaplError, power_mw, wrap_check_period_s
 from zeusd.failure_runs import FailureRun
 
 log = logging.getLogger(__name__)
@@ -19,11 +19,6 @@ log = logging.getLogger(__name__)
 #: cpu.get_power averages over this window between two energy readings (the request waits
 #: for it, without blocking anything else).
 POWER_WINDOW_S = 0.05
-
-
-def power_mw(energy_uj: int, seconds: float) -> int:
-    """Average power in milliwatts of *energy_uj* spent over *seconds*."""
-    return round(energy_uj / seconds / 1000) if seconds > 0 else 0
 
 
 class CpuTable:
@@ -110,7 +105,7 @@ def _read_all(targets: Sequence[RaplCpu], read: Any) -> dict[str, Any]:
         try:
             values[str(target.id)] = read(target)
         except RaplError as exc:
-            errors[target.id] = exc.detail()
+            errors[target.id] = failure_detail(exc) or {}
     if errors:
         succeeded = [t.id for t in targets if t.id not in errors]
         raise DeviceError(succeeded=succeeded, errors=errors)

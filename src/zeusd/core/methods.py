@@ -1,102 +1,58 @@
-"""The method table: every JSON-RPC method with its params, result shape and handler.
+"""The method table: every method zeusd serves, with its params, result shape and handler.
 
-This one table drives param checking in the dispatcher, the OpenRPC document served by
-``rpc.discover`` and the docs, so they cannot drift apart. Handlers are called synchronously
-with the request's params; a handler returns a jsonrpcserver ``Result`` or an awaitable of
-one (GPU work already queued on the lanes). Every handler is called as
-``handler(context, session, **params)``.
+This one table drives the param check (``zeusd.core.calls``), the access gate, the OpenRPC
+document that ``rpc.discover`` returns, the HTTP routes and the docs, so none of them can
+drift from another. Every handler is called as ``handler(context, session, **params)`` and
+returns the result value, or an awaitable of it whose device work is already queued.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
-
-import attrs
-from jsonrpcserver.result import Result, Success
 
 from zeusd.core import gpu_commands as cmd
 from zeusd.core import streaming
 from zeusd.core.context import Context
-from zeusd.core.omitted import OMITTED
 from zeusd.core.session import Session
+from zeusd.core.session_methods import session_methods
+from zeusd.core.spec import (
+    CPU_READ,
+    GPU_CONTROL,
+    GPU_READ,
+    ID_LIST,
+    INT,
+    NULLABLE_INT,
+    Handler,
+    MethodSpec,
+    Param,
+    Schema,
+    keyed_by,
+    object_schema,
+)
 from zeusd.stream.hub import DEFAULT_INTERVAL_MS, MAX_INTERVAL_MS, MIN_INTERVAL_MS
 
-Handler = Callable[..., "Result | Awaitable[Result]"]
-Schema = dict[str, Any]
-
-GPU_CONTROL = "gpu-control"
-GPU_READ = "gpu-read"
-CPU_READ = "cpu-read"
-API_GROUPS = (GPU_CONTROL, GPU_READ, CPU_READ)
-
-
-@attrs.frozen
-class Param:
-    name: str
-    schema: Schema
-    description: str
-    required: bool = False
-    #: What the dispatcher passes when an optional param is left out.
-    default: Any = OMITTED
-
-
-@attrs.frozen
-class MethodSpec:
-    name: str
-    summary: str
-    #: The API group that must be enabled for this method; None: always available.
-    group: str | None
-    params: tuple[Param, ...]
-    result: Schema
-    handler: Handler
-    param_names: frozenset[str] = attrs.field(init=False)
-    required: tuple[str, ...] = attrs.field(init=False)
-
-    def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "param_names", frozenset(p.name for p in self.params))
-        object.__setattr__(self, "required", tuple(p.name for p in self.params if p.required))
-
-
-_INT: Schema = {"type": "integer"}
 _UINT32: Schema = {"type": "integer", "minimum": 1, "maximum": cmd.UINT32_MAX}
-_GPU_IDS: Schema = {
-    "type": "array",
-    "items": {"type": "integer", "minimum": 0},
-    "minItems": 1,
-    "uniqueItems": True,
+_APPLIED = object_schema(applied={"type": "array", "items": INT})
+_SUBSCRIPTION = object_schema(subscription={"type": "string"})
+_LOCK: Schema = {
+    "oneOf": [object_schema(min_clock_mhz=INT, max_clock_mhz=INT), {"type": "null"}],
 }
 
 
 def _gpu_ids(*, required: bool) -> Param:
     if required:
-        return Param("gpu_ids", _GPU_IDS, "GPU indices to act on (distinct).", required=True)
-    return Param("gpu_ids", _GPU_IDS, "GPU indices to read (distinct); omitted: every GPU.")
+        return Param("gpu_ids", ID_LIST, "GPU indices to act on (distinct).", required=True)
+    return Param("gpu_ids", ID_LIST, "GPU indices to read (distinct); omitted: every GPU.")
 
 
-def _object(**properties: Schema) -> Schema:
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": list(properties),
-        "additionalProperties": False,
-    }
-
-
-def _by_gpu(value: Schema) -> Schema:
-    return {"type": "object", "description": "Keyed by GPU id.", "additionalProperties": value}
-
-
-def _by_cpu(value: Schema) -> Schema:
-    return {"type": "object", "description": "Keyed by CPU id.", "additionalProperties": value}
-
-
-_APPLIED = _object(applied={"type": "array", "items": _INT})
+def _cpu_ids() -> Param:
+    return Param("cpu_ids", ID_LIST, "CPU package ids to read (distinct); omitted: every CPU.")
 
 
 def _gpu_handler(command: type[Any]) -> Handler:
-    def handle(ctx: Context, session: Session, gpu_ids: object, **params: Any) -> Awaitable[Result]:
+    def handle(ctx: Context, session: Session, gpu_ids: object, **params: Any) -> Awaitable[Any]:
         return ctx.submit(command(ctx.gpus.resolve(gpu_ids), **params), session)
 
     return handle
@@ -110,6 +66,7 @@ def _write(name: str, summary: str, command: type[Any], *params: Param) -> Metho
         (_gpu_ids(required=True), *params),
         _APPLIED,
         _gpu_handler(command),
+        touches_devices=True,
     )
 
 
@@ -117,25 +74,29 @@ def _read(
     name: str, summary: str, command: type[Any], result: Schema, *params: Param
 ) -> MethodSpec:
     return MethodSpec(
-        name, summary, GPU_READ, (_gpu_ids(required=False), *params), result, _gpu_handler(command)
+        name,
+        summary,
+        GPU_READ,
+        (_gpu_ids(required=False), *params),
+        result,
+        _gpu_handler(command),
+        touches_devices=True,
     )
 
 
-def _discover(ctx: Context, session: Session) -> Result:
-    return Success(
-        {
-            "version": ctx.version,
-            "backend": ctx.backend,
-            "gpus": [info.describe() for info in ctx.gpus.infos],
-            "cpus": [cpu.describe() for cpu in ctx.cpus.cpus],
-            "enabled_api_groups": list(ctx.enabled_groups),
-            "auth_required": ctx.auth_required,
-        }
-    )
+def _discover(ctx: Context, session: Session) -> dict[str, Any]:
+    return {
+        "version": ctx.version,
+        "backend": ctx.backend,
+        "gpus": [info.describe() for info in ctx.gpus.infos],
+        "cpus": [cpu.describe() for cpu in ctx.cpus.cpus],
+        "enabled_api_groups": list(ctx.enabled_groups),
+        "auth_required": ctx.auth_required,
+    }
 
 
-def _time(ctx: Context, session: Session) -> Result:
-    return Success({"timestamp_ms": int(time.time() * 1000)})
+def _time(ctx: Context, session: Session) -> dict[str, Any]:
+    return {"timestamp_ms": int(time.time() * 1000)}
 
 
 def _clock_params() -> tuple[Param, Param]:
@@ -143,13 +104,6 @@ def _clock_params() -> tuple[Param, Param]:
         Param("min_clock_mhz", _UINT32, "Lowest clock to allow, MHz.", required=True),
         Param("max_clock_mhz", _UINT32, "Highest clock to allow, MHz (>= min).", required=True),
     )
-
-
-_CPU_IDS: Schema = {**_GPU_IDS}
-
-
-def _cpu_ids() -> Param:
-    return Param("cpu_ids", _CPU_IDS, "CPU package ids to read (distinct); omitted: every CPU.")
 
 
 def _interval() -> Param:
@@ -161,88 +115,14 @@ def _interval() -> Param:
     )
 
 
-_LOCK: Schema = {
-    "oneOf": [_object(min_clock_mhz=_INT, max_clock_mhz=_INT), {"type": "null"}],
-}
-_SUBSCRIPTION = _object(subscription={"type": "string"})
-_NULLABLE_INT: Schema = {"type": ["integer", "null"]}
-
-
-def _stream_methods() -> list[MethodSpec]:
+def _daemon_methods() -> list[MethodSpec]:
     return [
-        MethodSpec(
-            "gpu.subscribe_power",
-            "Stream GPU power: 'gpu.power' notifications {subscription, timestamp_ms, power_mw}.",
-            GPU_READ,
-            (_gpu_ids(required=False), _interval()),
-            _SUBSCRIPTION,
-            streaming.subscribe_gpu_power,
-        ),
-        MethodSpec(
-            "cpu.get_cumulative_energy",
-            "RAPL energy since the daemon's first reading of the counter, microjoules.",
-            CPU_READ,
-            (
-                _cpu_ids(),
-                Param("cpu", {"type": "boolean"}, "Read the package zone (true).", default=True),
-                Param("dram", {"type": "boolean"}, "Read the DRAM zone (true).", default=True),
-            ),
-            _by_cpu(_object(cpu_energy_uj=_NULLABLE_INT, dram_energy_uj=_NULLABLE_INT)),
-            streaming.cpu_cumulative_energy,
-        ),
-        MethodSpec(
-            "cpu.get_power",
-            "CPU package and DRAM power over a 50 ms window (two RAPL energy readings).",
-            CPU_READ,
-            (_cpu_ids(),),
-            _object(
-                timestamp_ms=_INT,
-                power_mw=_by_cpu(_object(cpu_mw=_INT, dram_mw=_NULLABLE_INT)),
-            ),
-            streaming.cpu_power,
-        ),
-        MethodSpec(
-            "cpu.subscribe_power",
-            "Stream CPU power: 'cpu.power' notifications, power_mw as in cpu.get_power.",
-            CPU_READ,
-            (_cpu_ids(), _interval()),
-            _SUBSCRIPTION,
-            streaming.subscribe_cpu_power,
-        ),
-        MethodSpec(
-            "unsubscribe",
-            "End a subscription of this connection; no notification of it follows the reply.",
-            None,
-            (Param("subscription", {"type": "string"}, "The id subscribe gave.", required=True),),
-            {"const": True},
-            streaming.unsubscribe,
-        ),
-    ]
-
-
-def _rpc_discover(ctx: Context, session: Session) -> Result:
-    from zeusd.rpc.openrpc import openrpc_document  # the document needs this module's table
-
-    return Success(openrpc_document(ctx.version))
-
-
-def build_methods() -> Mapping[str, MethodSpec]:
-    """Every method zeusd serves, by name."""
-    from zeusd.core.session_methods import session_methods  # they need MethodSpec from here
-
-    power_limit = Param(
-        "power_limit_mw",
-        {"type": "integer", "minimum": 1, "maximum": cmd.UINT32_MAX},
-        "New power limit in milliwatts, within every target GPU's constraints.",
-        required=True,
-    )
-    specs = [
         MethodSpec(
             "discover",
             "Describe the daemon, its GPUs and CPUs, and the enabled API groups.",
             None,
             (),
-            _object(
+            object_schema(
                 version={"type": "string"},
                 backend={"enum": ["nvml", "sim"]},
                 gpus={"type": "array", "items": {"type": "object"}},
@@ -251,23 +131,30 @@ def build_methods() -> Mapping[str, MethodSpec]:
                 auth_required={"type": "boolean"},
             ),
             _discover,
+            touches_devices=False,
+            public=True,
         ),
         MethodSpec(
             "time",
             "The daemon's wall clock, Unix milliseconds.",
             None,
             (),
-            _object(timestamp_ms=_INT),
+            object_schema(timestamp_ms=INT),
             _time,
+            touches_devices=False,
+            public=True,
         ),
-        MethodSpec(
-            "rpc.discover",
-            "This OpenRPC document.",
-            None,
-            (),
-            {"type": "object", "description": "An OpenRPC 1.2 document."},
-            _rpc_discover,
-        ),
+    ]
+
+
+def _gpu_methods() -> list[MethodSpec]:
+    power_limit = Param(
+        "power_limit_mw",
+        {"type": "integer", "minimum": 1, "maximum": cmd.UINT32_MAX},
+        "New power limit in milliwatts, within every target GPU's constraints.",
+        required=True,
+    )
+    return [
         _write("gpu.set_power_limit", "Set the power limit.", cmd.SetPowerLimit, power_limit),
         _write(
             "gpu.reset_power_limit",
@@ -311,61 +198,122 @@ def build_methods() -> Mapping[str, MethodSpec]:
             "gpu.get_power_limit",
             "Current power limit.",
             cmd.GetPowerLimit,
-            _by_gpu(_object(power_limit_mw=_INT)),
+            keyed_by("GPU", object_schema(power_limit_mw=INT)),
         ),
         _read(
             "gpu.get_power_limit_constraints",
             "Allowed and default power limits.",
             cmd.GetPowerLimitConstraints,
-            _by_gpu(
-                _object(
-                    min_power_limit_mw=_INT, max_power_limit_mw=_INT, default_power_limit_mw=_INT
-                )
+            keyed_by(
+                "GPU",
+                object_schema(
+                    min_power_limit_mw=INT, max_power_limit_mw=INT, default_power_limit_mw=INT
+                ),
             ),
         ),
         _read(
             "gpu.get_persistence_mode",
             "Whether persistence mode is on.",
             cmd.GetPersistenceMode,
-            _by_gpu(_object(enabled={"type": "boolean"})),
+            keyed_by("GPU", object_schema(enabled={"type": "boolean"})),
         ),
         _read(
             "gpu.get_locked_clocks",
             "Clock locks set through this daemon and not reset since (null: none); NVML "
             "cannot read locks back, so one set by another program is not seen.",
             cmd.GetLockedClocks,
-            _by_gpu(_object(gpu_locked_clocks=_LOCK, mem_locked_clocks=_LOCK)),
+            keyed_by("GPU", object_schema(gpu_locked_clocks=_LOCK, mem_locked_clocks=_LOCK)),
         ),
         _read(
             "gpu.get_power",
             "Instantaneous power draw.",
             cmd.GetPower,
-            _object(timestamp_ms=_INT, power_mw=_by_gpu(_INT)),
+            object_schema(timestamp_ms=INT, power_mw=keyed_by("GPU", INT)),
         ),
         _read(
             "gpu.get_cumulative_energy",
             "Energy used since the driver loaded, millijoules.",
             cmd.GetCumulativeEnergy,
-            _by_gpu(_object(energy_mj=_INT)),
+            keyed_by("GPU", object_schema(energy_mj=INT)),
         ),
         _read(
             "gpu.get_supported_memory_clocks",
             "Memory clocks the GPU supports.",
             cmd.GetSupportedMemoryClocks,
-            _by_gpu(_object(memory_clocks_mhz={"type": "array", "items": _INT})),
+            keyed_by("GPU", object_schema(memory_clocks_mhz={"type": "array", "items": INT})),
         ),
         _read(
             "gpu.get_supported_graphics_clocks",
             "Graphics clocks supported at a memory clock.",
             cmd.GetSupportedGraphicsClocks,
-            _by_gpu(_object(graphics_clocks_mhz={"type": "array", "items": _INT})),
+            keyed_by("GPU", object_schema(graphics_clocks_mhz={"type": "array", "items": INT})),
             Param(
                 "memory_clock_mhz",
                 _UINT32,
                 "A supported memory clock; omitted: each GPU's highest.",
             ),
         ),
-        *session_methods(),
-        *_stream_methods(),
     ]
+
+
+def _stream_methods() -> list[MethodSpec]:
+    return [
+        MethodSpec(
+            "gpu.subscribe_power",
+            "Stream GPU power: 'gpu.power' notifications {subscription, timestamp_ms, power_mw}.",
+            GPU_READ,
+            (_gpu_ids(required=False), _interval()),
+            _SUBSCRIPTION,
+            streaming.subscribe_gpu_power,
+            touches_devices=False,
+        ),
+        MethodSpec(
+            "cpu.get_cumulative_energy",
+            "RAPL energy since the daemon's first reading of the counter, microjoules.",
+            CPU_READ,
+            (
+                _cpu_ids(),
+                Param("cpu", {"type": "boolean"}, "Read the package zone (true).", default=True),
+                Param("dram", {"type": "boolean"}, "Read the DRAM zone (true).", default=True),
+            ),
+            keyed_by("CPU", object_schema(cpu_energy_uj=NULLABLE_INT, dram_energy_uj=NULLABLE_INT)),
+            streaming.cpu_cumulative_energy,
+            touches_devices=True,
+        ),
+        MethodSpec(
+            "cpu.get_power",
+            "CPU package and DRAM power over a 50 ms window (two RAPL energy readings).",
+            CPU_READ,
+            (_cpu_ids(),),
+            object_schema(
+                timestamp_ms=INT,
+                power_mw=keyed_by("CPU", object_schema(cpu_mw=INT, dram_mw=NULLABLE_INT)),
+            ),
+            streaming.cpu_power,
+            touches_devices=True,
+        ),
+        MethodSpec(
+            "cpu.subscribe_power",
+            "Stream CPU power: 'cpu.power' notifications, power_mw as in cpu.get_power.",
+            CPU_READ,
+            (_cpu_ids(), _interval()),
+            _SUBSCRIPTION,
+            streaming.subscribe_cpu_power,
+            touches_devices=False,
+        ),
+        MethodSpec(
+            "unsubscribe",
+            "End a subscription of this connection; no notification of it follows the reply.",
+            None,
+            (Param("subscription", {"type": "string"}, "The id subscribe gave.", required=True),),
+            {"const": True},
+            streaming.unsubscribe,
+            touches_devices=False,
+        ),
+    ]
+
+
+def build_methods() -> Mapping[str, MethodSpec]:
+    """Every method of the core, by name (a front end may add its own, as rpc.discover)."""
+    specs = [*_daemon_methods(), *_gpu_methods(), *session_methods(), *_stream_methods()]
     return {spec.name: spec for spec in specs}

@@ -9,48 +9,18 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from typing import Protocol
 
 import attrs
 
 from zeusd.logfmt import clip
+from zeusd.stream.outbox import NoOutbox, Outbox
 
 _ids = itertools.count(1)
 
 
-class Outbox(Protocol):
-    """Where a connection takes server-initiated lines (notifications), keyed by subscription.
-
-    None of these block. A key holds at most one unsent line (the newest), so a slow reader
-    costs one line per subscription, never a growing queue.
-    """
-
-    def register(self, key: str) -> None:
-        """A new subscription; its lines wait until the response that created it is out."""
-
-    def put(self, key: str, line: bytes) -> None:
-        """Replace *key*'s unsent line, if any, with *line*."""
-
-    def drop(self, key: str) -> None:
-        """Forget *key*: its unsent line is never written."""
-
-
-class NoOutbox:
-    """For sessions that cannot receive pushes: lines are discarded."""
-
-    def register(self, key: str) -> None:
-        pass
-
-    def put(self, key: str, line: bytes) -> None:
-        pass
-
-    def drop(self, key: str) -> None:
-        pass
-
-
 @attrs.define(kw_only=True, eq=False)
 class Session:
-    """One client connection as the RPC layer sees it."""
+    """One caller as the core sees it: a connection, or an HTTP request."""
 
     #: "uds" or "tcp".
     transport: str
@@ -97,7 +67,7 @@ class Session:
             "subject": None if self.subject is None else clip(self.subject),
         }
 
-    #: Takes server-initiated lines (subscription notifications) for this client.
+    #: Takes server-initiated samples (subscriptions) for this client.
     outbox: Outbox = attrs.field(factory=NoOutbox)
     #: This session's live subscriptions: id -> the function that ends it.
     subscriptions: dict[str, Callable[[], None]] = attrs.field(factory=dict)

@@ -4,42 +4,36 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable
+from typing import Any
 
 import trio
-from jsonrpcserver.result import Result, Success
 
 from zeusd import tokens
+from zeusd.core.access import allowed_groups
 from zeusd.core.context import Context
 from zeusd.core.errors import AuthRequiredError, InvalidParamsError
-from zeusd.core.methods import MethodSpec, Param, _object
 from zeusd.core.params import show
 from zeusd.core.session import Session
+from zeusd.core.spec import NULLABLE_INT, STRINGS, MethodSpec, Param, object_schema
 from zeusd.gpu.lanes import Job
 from zeusd.logfmt import clip
 
 log = logging.getLogger(__name__)
 
-_NULLABLE_INT = {"type": ["integer", "null"]}
-_STRINGS = {"type": "array", "items": {"type": "string"}}
+
+def _whoami(ctx: Context, session: Session) -> dict[str, Any]:
+    return {
+        "transport": session.transport,
+        "pid": session.pid,
+        "uid": session.uid,
+        "gid": session.gid,
+        "subject": session.subject,
+        "allowed_groups": allowed_groups(ctx, session),
+        "restore_on_close": session.restore_on_close,
+    }
 
 
-def _whoami(ctx: Context, session: Session) -> Result:
-    from zeusd.core.access import allowed_groups  # access needs this module's table
-
-    return Success(
-        {
-            "transport": session.transport,
-            "pid": session.pid,
-            "uid": session.uid,
-            "gid": session.gid,
-            "subject": session.subject,
-            "allowed_groups": allowed_groups(ctx, session),
-            "restore_on_close": session.restore_on_close,
-        }
-    )
-
-
-def _authenticate(ctx: Context, session: Session, token: object) -> Result:
+def _authenticate(ctx: Context, session: Session, token: object) -> dict[str, Any]:
     if ctx.token_key is None:
         raise AuthRequiredError("this daemon has no --token-key: tokens cannot be checked")
     try:
@@ -58,14 +52,16 @@ def _authenticate(ctx: Context, session: Session, token: object) -> Result:
         clip(claims.subject),
         clip(", ".join(claims.scopes) or "none"),
     )
-    return Success(
-        {"subject": claims.subject, "scopes": list(claims.scopes), "expires_at": claims.expires_at}
-    )
+    return {
+        "subject": claims.subject,
+        "scopes": list(claims.scopes),
+        "expires_at": claims.expires_at,
+    }
 
 
 def _set_restore_on_close(
     ctx: Context, session: Session, enabled: object
-) -> Result | Awaitable[Result]:
+) -> dict[str, Any] | Awaitable[dict[str, Any]]:
     if not isinstance(enabled, bool):
         raise InvalidParamsError(
             "enabled", f"'enabled' must be true or false (got {show(enabled)})"
@@ -74,11 +70,13 @@ def _set_restore_on_close(
     # Changes already made are marked too, on disk as well, before the reply.
     jobs = ctx.ledger.set_restore(session.id, enabled, ctx.lanes)
     if not jobs:
-        return Success({"restore_on_close": enabled})
-    return _after(ctx, jobs, Success({"restore_on_close": enabled}))
+        return {"restore_on_close": enabled}
+    return _after(ctx, jobs, {"restore_on_close": enabled})
 
 
-async def _after(ctx: Context, jobs: list[tuple[int, Job]], result: Result) -> Result:
+async def _after(
+    ctx: Context, jobs: list[tuple[int, Job]], result: dict[str, Any]
+) -> dict[str, Any]:
     # A lane runs while someone waits on it, so every GPU is waited on at once.
     async with trio.open_nursery() as nursery:
         for gpu, job in jobs:
@@ -93,16 +91,17 @@ def session_methods() -> list[MethodSpec]:
             "What the daemon knows about this connection and what it may call.",
             None,
             (),
-            _object(
+            object_schema(
                 transport={"enum": ["uds", "tcp"]},
-                pid=_NULLABLE_INT,
-                uid=_NULLABLE_INT,
-                gid=_NULLABLE_INT,
+                pid=NULLABLE_INT,
+                uid=NULLABLE_INT,
+                gid=NULLABLE_INT,
                 subject={"type": ["string", "null"]},
-                allowed_groups=_STRINGS,
+                allowed_groups=STRINGS,
                 restore_on_close={"type": "boolean"},
             ),
             _whoami,
+            touches_devices=False,
         ),
         MethodSpec(
             "session.authenticate",
@@ -110,8 +109,10 @@ def session_methods() -> list[MethodSpec]:
             "--token-key.",
             None,
             (Param("token", {"type": "string"}, "The token.", required=True),),
-            _object(subject={"type": "string"}, scopes=_STRINGS, expires_at=_NULLABLE_INT),
+            object_schema(subject={"type": "string"}, scopes=STRINGS, expires_at=NULLABLE_INT),
             _authenticate,
+            touches_devices=False,
+            public=True,
         ),
         MethodSpec(
             "session.set_restore_on_close",
@@ -119,7 +120,8 @@ def session_methods() -> list[MethodSpec]:
             "another connection changed it later).",
             None,
             (Param("enabled", {"type": "boolean"}, "true to restore on close.", required=True),),
-            _object(restore_on_close={"type": "boolean"}),
+            object_schema(restore_on_close={"type": "boolean"}),
             _set_restore_on_close,
+            touches_devices=False,
         ),
     ]

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Iterable
 from typing import Any
 
-from jsonrpcserver.result import Result, Success
-
 from zeusd.core.context import Context
 from zeusd.core.errors import InvalidParamsError
 from zeusd.core.params import check_int, show
@@ -32,7 +30,7 @@ def _start(
     kind: str,
     devices: Iterable[int],
     interval: object,
-) -> Result:
+) -> dict[str, Any]:
     targets = tuple(devices)
     interval_ms = check_int("interval_ms", interval, MIN_INTERVAL_MS, MAX_INTERVAL_MS)
     if hub is None or not targets:
@@ -58,24 +56,24 @@ def _start(
         outbox.drop(sub_id)
 
     session.subscriptions[sub_id] = end
-    return Success({"subscription": sub_id})
+    return {"subscription": sub_id}
 
 
 def subscribe_gpu_power(
     ctx: Context, session: Session, gpu_ids: object, interval_ms: object
-) -> Result:
+) -> dict[str, Any]:
     targets = [gpu.index for gpu in ctx.gpus.resolve(gpu_ids)]
     return _start(ctx, ctx.gpu_power, session, "gpu", targets, interval_ms)
 
 
 def subscribe_cpu_power(
     ctx: Context, session: Session, cpu_ids: object, interval_ms: object
-) -> Result:
+) -> dict[str, Any]:
     targets = [cpu.id for cpu in ctx.cpus.resolve(cpu_ids)]
     return _start(ctx, ctx.cpu_power, session, "cpu", targets, interval_ms)
 
 
-def unsubscribe(ctx: Context, session: Session, subscription: object) -> Result:
+def unsubscribe(ctx: Context, session: Session, subscription: object) -> bool:
     if not isinstance(subscription, str):
         raise InvalidParamsError(
             "subscription", f"'subscription' must be a string (got {show(subscription)})"
@@ -86,21 +84,16 @@ def unsubscribe(ctx: Context, session: Session, subscription: object) -> Result:
             "subscription", f"no subscription {show(subscription)} on this connection"
         )
     end()
-    return Success(True)
+    return True
 
 
 def cpu_cumulative_energy(
     ctx: Context, session: Session, cpu_ids: object, cpu: object, dram: object
-) -> Result:
+) -> dict[str, Any]:
     targets = ctx.cpus.resolve(cpu_ids)
     want_cpu, want_dram = _flag("cpu", cpu), _flag("dram", dram)
-    return Success(ctx.cpus.cumulative_energy(targets, cpu=want_cpu, dram=want_dram))
+    return ctx.cpus.cumulative_energy(targets, cpu=want_cpu, dram=want_dram)
 
 
-def cpu_power(ctx: Context, session: Session, cpu_ids: object) -> Awaitable[Result]:
-    targets = ctx.cpus.resolve(cpu_ids)
-    return _power(ctx, targets)
-
-
-async def _power(ctx: Context, targets: Any) -> Result:
-    return Success(await ctx.cpus.power(targets))
+def cpu_power(ctx: Context, session: Session, cpu_ids: object) -> Awaitable[dict[str, Any]]:
+    return ctx.cpus.power(ctx.cpus.resolve(cpu_ids))

@@ -36,6 +36,11 @@ class RaplError(Exception):
         return {"nvml_error": RAPL_READ_FAILED, "message": str(self)}
 
 
+def power_mw(energy_uj: int, seconds: float) -> int:
+    """Average power in milliwatts of *energy_uj* spent over *seconds*."""
+    return round(energy_uj / seconds / 1000) if seconds > 0 else 0
+
+
 class RaplUnavailableError(Exception):
     """There is no usable RAPL tree; the message says why (for a startup error)."""
 

@@ -1,9 +1,11 @@
-"""A trio-friendly JSON-RPC dispatcher built from jsonrpcserver's pieces.
+"""The JSON-RPC front end: request lines in, response lines out, no I/O.
 
-jsonrpcserver's own ``async_dispatch`` runs on asyncio, and its jsonschema request check
-costs more than the rest of a dispatch together, so this module checks the request shape by
-hand and uses the library for what it is good at: result types, error results and response
-serialization.
+The request's shape is checked here, by hand (jsonrpcserver's jsonschema check costs more
+than the rest of a dispatch together), then the call goes to :func:`zeusd.core.calls.start`
+and its result or error is made into a response with jsonrpcserver's ``Request``, ``Success``,
+``Error``, ``to_response`` and ``to_serializable_one``. Its ``dispatch`` functions are not
+used: they cost about three times what this module's whole ``handle_line`` does, and its
+``async_dispatch`` runs on asyncio.
 
 ``handle`` does all of its synchronous work (parse, check, validate, queue GPU work)
 before returning. What is left is an awaitable the connection runs in its own task. Replies
@@ -18,30 +20,23 @@ import inspect
 import json
 import logging
 import math
-import time
 from collections.abc import Awaitable, Iterator, Mapping
 from typing import Any
 
+from jsonrpcserver import Error, Result, Success
 from jsonrpcserver.dispatcher import to_response
-from jsonrpcserver.exceptions import JsonRpcError
 from jsonrpcserver.request import Request
 from jsonrpcserver.response import ErrorResponse, serialize_error, to_serializable_one
-from jsonrpcserver.result import (
-    Error,
-    InternalErrorResult,
-    MethodNotFoundResult,
-    Result,
-)
 from jsonrpcserver.sentinels import NOID
-from oslash.either import Left
 
-from zeusd.core.access import check_access
-from zeusd.core.audit import record_write
+from zeusd.core.calls import lookup, start
 from zeusd.core.context import Context
-from zeusd.core.errors import INVALID_REQUEST, PARSE_ERROR, InvalidParamsError
-from zeusd.core.methods import GPU_CONTROL, MethodSpec
+from zeusd.core.errors import INVALID_REQUEST, PARSE_ERROR, ZeusdError
 from zeusd.core.session import Session
+from zeusd.core.spec import MethodSpec
 from zeusd.logfmt import MAX_QUOTED_CHARS, clip
+from zeusd.rpc.openrpc import with_rpc_discover
+from zeusd.stream.outbox import PowerSample
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +67,16 @@ def error_message(code: int, message: str, data: Any, id: Any = None) -> dict[st
 
 def parse_error(reason: str) -> bytes:
     return encode(error_message(PARSE_ERROR, "Parse error", reason))
+
+
+def notification_line(sample: PowerSample) -> bytes:
+    """A subscription's sample as its ``gpu.power`` / ``cpu.power`` notification line."""
+    params = {
+        "subscription": sample.subscription,
+        "timestamp_ms": sample.timestamp_ms,
+        "power_mw": sample.power_mw,
+    }
+    return encode({"jsonrpc": "2.0", "method": f"{sample.kind}.power", "params": params})
 
 
 def _encode_member(message: dict[str, Any]) -> bytes:
@@ -135,7 +140,7 @@ class Dispatcher:
     def __init__(
         self, methods: Mapping[str, MethodSpec], context: Context, max_batch: int = 256
     ) -> None:
-        self._methods = methods
+        self._methods = with_rpc_discover(methods)
         self._context = context
         self._max_batch = max_batch
 
@@ -189,80 +194,15 @@ class Dispatcher:
             return error_message(INVALID_REQUEST, "Invalid Request", problem, reply_id)
 
         request = Request(obj["method"], obj.get("params", {}), req_id)
-        spec = self._methods.get(request.method)
-        if spec is None:
-            return self._respond(request, Left(MethodNotFoundResult(request.method)))
-        started = time.monotonic()
         try:
-            check_access(self._context, session, spec)
-            outcome = spec.handler(self._context, session, **self._kwargs(spec, request.params))
-        except Exception as exc:
-            outcome = self._error_result(request, exc)
-        if inspect.isawaitable(outcome):
-            return self._finish(request, outcome, spec, session, started)
-        self._audit(spec, session, request, outcome, started)
-        return self._respond(request, outcome)
-
-    @staticmethod
-    def _audit(
-        spec: MethodSpec, session: Session, request: Request, result: Result, started: float
-    ) -> None:
-        if spec.group == GPU_CONTROL:
-            record_write(session, spec.name, request.params, result, time.monotonic() - started)
-
-    @staticmethod
-    def _kwargs(spec: MethodSpec, params: Any) -> dict[str, Any]:
-        if not isinstance(params, dict):
-            raise InvalidParamsError("params", "params must be given by name, as a JSON object")
-        unknown = params.keys() - spec.param_names
-        if unknown:
-            name = sorted(unknown)[0]
-            accepted = ", ".join(sorted(spec.param_names)) or "none"
-            raise InvalidParamsError(
-                name, f"unknown param '{name}' for {spec.name} (accepted: {accepted})"
+            value = start(
+                self._context, session, lookup(self._methods, request.method), request.params
             )
-        for name in spec.required:
-            if name not in params:
-                raise InvalidParamsError(name, f"missing required param '{name}'")
-        return {p.name: params.get(p.name, p.default) for p in spec.params}
-
-    async def _finish(
-        self,
-        request: Request,
-        pending: Awaitable[Result],
-        spec: MethodSpec,
-        session: Session,
-        started: float,
-    ) -> dict[str, Any] | None:
-        try:
-            result = await pending
-        except Exception as exc:
-            result = self._error_result(request, exc)
-        self._audit(spec, session, request, result, started)
-        return self._respond(request, result)
-
-    @staticmethod
-    def _error_result(request: Request, exc: Exception) -> Result:
-        if isinstance(exc, JsonRpcError):
-            return Error(exc.code, exc.message, exc.data)
-        log.exception("internal error in %s", clip(request.method))
-        return Left(InternalErrorResult(f"{type(exc).__name__}; see the daemon log"))
-
-    @staticmethod
-    def _respond(request: Request, result: Result) -> dict[str, Any] | None:
-        if request.id is NOID:
-            if isinstance(result, Left):
-                err = result._error
-                # Method names and error data echo the client: quoted clipped and escaped.
-                log.warning(
-                    "notification %s failed: %s (%d) %s",
-                    clip(request.method),
-                    err.message,
-                    err.code,
-                    clip(err.data, 2 * MAX_QUOTED_CHARS),
-                )
-            return None
-        return to_serializable_one(to_response(request, result))  # type: ignore[return-value]
+        except ZeusdError as exc:
+            return _respond(request, exc)
+        if inspect.isawaitable(value):
+            return _finish(request, value)
+        return _respond(request, value)
 
     # -- replies ---------------------------------------------------------------------------
 
@@ -280,3 +220,33 @@ class Dispatcher:
     def _batch_message(members: list[dict[str, Any] | None]) -> Message | None:
         responses = [m for m in members if m is not None]
         return responses or None
+
+
+async def _finish(request: Request, pending: Awaitable[Any]) -> dict[str, Any] | None:
+    try:
+        value = await pending
+    except ZeusdError as exc:
+        return _respond(request, exc)
+    return _respond(request, value)
+
+
+def _respond(request: Request, outcome: Any) -> dict[str, Any] | None:
+    """The response object for *outcome* (a result value or a ZeusdError); None for a
+    notification, whose failure is logged instead."""
+    if request.id is NOID:
+        if isinstance(outcome, ZeusdError):
+            # Method names and error data echo the client: quoted clipped and escaped.
+            log.warning(
+                "notification %s failed: %s (%d) %s",
+                clip(request.method),
+                outcome.message,
+                outcome.code,
+                clip(outcome.data, 2 * MAX_QUOTED_CHARS),
+            )
+        return None
+    result: Result = (
+        Error(outcome.code, outcome.message, outcome.data)
+        if isinstance(outcome, ZeusdError)
+        else Success(outcome)
+    )
+    return to_serializable_one(to_response(request, result))  # type: ignore[return-value]

@@ -1,39 +1,29 @@
-"""The OpenRPC document ``rpc.discover`` returns, generated from the method table."""
+"""``rpc.discover``: the OpenRPC document, generated from the method table, errors included."""
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Mapping
 from typing import Any
 
 from zeusd.core import errors
-from zeusd.core.methods import MethodSpec, build_methods
+from zeusd.core.context import Context
+from zeusd.core.session import Session
+from zeusd.core.spec import MethodSpec
 
 OPENRPC_VERSION = "1.2.6"
 
-_ERRORS: dict[str, dict[str, Any]] = {
-    "InvalidParams": {
-        "code": errors.INVALID_PARAMS,
-        "message": "Invalid params",
-        "data": {"param": "name of the offending param", "reason": "why it was refused"},
-    },
-    "DeviceError": {
-        "code": errors.DEVICE_ERROR,
-        "message": "Device error",
-        "data": {"succeeded": [], "errors": {"<gpu id>": {"nvml_error": "", "message": ""}}},
-    },
-    "PermissionDenied": {
-        "code": errors.PERMISSION_DENIED,
-        "message": "Permission denied",
-        "data": {"method": "the method refused", "reason": "who is allowed"},
-    },
-    "AuthenticationRequired": {
-        "code": errors.AUTH_REQUIRED,
-        "message": "Authentication required",
-        "data": {"reason": "why: not authenticated, token refused or expired"},
-    },
-}
-#: Errors of methods outside the API groups (the ``session.`` family).
-_SESSION_ERRORS = {"session.authenticate": ("InvalidParams", "AuthenticationRequired")}
+#: Every error a method can name, in the order the document lists them.
+ERRORS: tuple[type[errors.ZeusdError], ...] = (
+    errors.InvalidParamsError,
+    errors.DeviceError,
+    errors.PermissionDeniedError,
+    errors.GroupDisabledError,
+    errors.AuthRequiredError,
+)
+
+
+def _error_component(error: type[errors.ZeusdError]) -> dict[str, Any]:
+    return {"code": error.code, "message": error.message, "data": error.doc_data}
 
 
 def _method(spec: MethodSpec) -> dict[str, Any]:
@@ -54,17 +44,12 @@ def _method(spec: MethodSpec) -> dict[str, Any]:
     }
     if spec.group is not None:
         doc["x-api-group"] = spec.group
-        doc["errors"] = [{"$ref": f"#/components/errors/{name}"} for name in _ERRORS]
-    elif spec.name in _SESSION_ERRORS:
-        doc["errors"] = [
-            {"$ref": f"#/components/errors/{name}"} for name in _SESSION_ERRORS[spec.name]
-        ]
+    doc["errors"] = [{"$ref": f"#/components/errors/{error.doc_name}"} for error in spec.errors]
     return doc
 
 
-@functools.cache
-def openrpc_document(version: str) -> dict[str, Any]:
-    """Build (once) the OpenRPC description of every method."""
+def openrpc_document(version: str, methods: Mapping[str, MethodSpec]) -> dict[str, Any]:
+    """The OpenRPC description of *methods*."""
     return {
         "openrpc": OPENRPC_VERSION,
         "info": {
@@ -72,6 +57,34 @@ def openrpc_document(version: str) -> dict[str, Any]:
             "version": version,
             "description": "GPU energy control over line-delimited JSON-RPC 2.0.",
         },
-        "methods": [_method(spec) for spec in build_methods().values()],
-        "components": {"errors": _ERRORS},
+        "methods": [_method(spec) for spec in methods.values()],
+        "components": {"errors": {e.doc_name: _error_component(e) for e in ERRORS}},
     }
+
+
+def with_rpc_discover(methods: Mapping[str, MethodSpec]) -> dict[str, MethodSpec]:
+    """*methods* with ``rpc.discover`` (after ``time``), which describes all of them."""
+    document: dict[str, Any] = {}
+
+    def discover(ctx: Context, session: Session) -> dict[str, Any]:
+        if not document:  # built once, on first use
+            document.update(openrpc_document(ctx.version, table))
+        return document
+
+    spec = MethodSpec(
+        "rpc.discover",
+        "This OpenRPC document.",
+        None,
+        (),
+        {"type": "object", "description": "An OpenRPC 1.2 document."},
+        discover,
+        touches_devices=False,
+        public=True,
+    )
+    table: dict[str, MethodSpec] = {}
+    for name, method in methods.items():
+        table[name] = method
+        if name == "time":
+            table[spec.name] = spec
+    table.setdefault(spec.name, spec)
+    return table

@@ -13,7 +13,7 @@ client does not take within that time ends the connection. A connection that
 sends nothing at all is left alone: holding a connection open is legitimate (subscriptions,
 a training job's whole run); ``--max-connections`` bounds how many there are.
 
-The connection is also its session's :class:`~zeusd.core.session.Outbox`: subscription
+The connection is also its session's :class:`~zeusd.stream.outbox.Outbox`: subscription
 notifications wait in one slot per subscription (newest replaces unsent older) and a writer
 task queues them in the same outgoing buffer as replies, so lines never interleave. A
 subscription's lines are held back until the reply that created it has been written, and an
@@ -32,8 +32,16 @@ from collections.abc import Iterator
 import trio
 
 from zeusd.core.session import Session
-from zeusd.rpc.dispatch import Dispatcher, Message, encode_reply, parse_error, reply_parts
+from zeusd.rpc.dispatch import (
+    Dispatcher,
+    Message,
+    encode_reply,
+    notification_line,
+    parse_error,
+    reply_parts,
+)
 from zeusd.rpc.framing import LineBuffer
+from zeusd.stream.outbox import PowerSample
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +91,12 @@ class Connection:
         self._receive_scope = trio.CancelScope()
         self._done = trio.Event()
         # Outbox state: subscriptions whose creating reply is not out yet (with their newest
-        # line, if any), subscriptions that may be written, and their unsent lines in order.
-        self._held: dict[str, bytes | None] = {}
+        # sample, if any), subscriptions that may be written, and their unsent samples in order.
+        self._held: dict[str, PowerSample | None] = {}
         self._open: set[str] = set()
         # An OrderedDict: taking the oldest and moving a key to the end are O(1) (a dict's
         # next(iter()) after many pops from its front is not).
-        self._ready: OrderedDict[str, bytes] = OrderedDict()
+        self._ready: OrderedDict[str, PowerSample] = OrderedDict()
         self._has_ready = trio.Event()
         self._line_keys: list[str] | None = None
         self._closing = False
@@ -142,11 +150,11 @@ class Connection:
         if self._line_keys is not None:
             self._line_keys.append(key)
 
-    def put(self, key: str, line: bytes) -> None:
+    def put(self, key: str, sample: PowerSample) -> None:
         if key in self._held:
-            self._held[key] = line
+            self._held[key] = sample
         elif key in self._open:
-            self._ready[key] = line
+            self._ready[key] = sample
             self._ready.move_to_end(key)  # slots go out oldest-first
             self._has_ready.set()
 
@@ -159,10 +167,10 @@ class Connection:
         """The reply that created *keys* is written: their notifications may follow."""
         for key in keys:
             if key in self._held:
-                line = self._held.pop(key)
+                sample = self._held.pop(key)
                 self._open.add(key)
-                if line is not None:
-                    self._ready[key] = line
+                if sample is not None:
+                    self._ready[key] = sample
                     self._has_ready.set()
 
     async def _write_notifications(self) -> None:
@@ -179,8 +187,8 @@ class Connection:
                 # Taken now, with no checkpoint before it is queued: an unsubscribe
                 # answered meanwhile has emptied its slot.
                 if self._ready:
-                    _, line = self._ready.popitem(last=False)
-                    if not await self._send(line):
+                    _, sample = self._ready.popitem(last=False)
+                    if not await self._send(notification_line(sample)):
                         return
                 if not self._ready:
                     self._has_ready = trio.Event()

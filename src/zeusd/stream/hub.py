@@ -11,8 +11,9 @@ out without it, and the device is not read again until the slow read has finishe
 sample is then used), so a stuck GPU never stalls the others. A failing read sends nothing
 for that device and is logged once per run of failures.
 
-Notifications go to each subscriber's :class:`Outbox`, which never blocks and keeps only
-the newest unsent line per subscription, so a slow reader slows nobody else.
+Samples go to each subscriber's :class:`Outbox`, which never blocks and keeps only the
+newest unsent sample per subscription, so a slow reader slows nobody else. A sample names no
+protocol; the subscriber's front end renders it.
 
 Costs never grow with the number of subscriptions of others: subscribing and unsubscribing
 touch only the subscription's own devices (each keeps a count of its subscribers per
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import json
 import logging
 import time
 from collections.abc import Iterable
@@ -35,8 +35,8 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from zeusd.core.session import Outbox
 from zeusd.gpu.lanes import Job
+from zeusd.stream.outbox import Outbox, PowerSample
 
 log = logging.getLogger(__name__)
 
@@ -145,13 +145,13 @@ class PowerHub:
 
     def __init__(
         self,
-        method: str,
+        kind: str,
         source: PowerSource,
         device_ids: Iterable[int],
         budget: SubscriptionBudget | None = None,
     ) -> None:
-        #: The notification method, e.g. "gpu.power".
-        self.method = method
+        #: What the samples are of: "gpu" or "cpu".
+        self.kind = kind
         self._source = source
         self._devices = {i: _Device(i) for i in device_ids}
         self._subs: dict[str, _Subscriber] = {}
@@ -173,7 +173,7 @@ class PowerHub:
         """
         targets = tuple(devices)
         self._budget.take()
-        sub_id = f"{self.method.split('.')[0]}-{next(_ids)}"
+        sub_id = f"{self.kind}-{next(_ids)}"
         now = trio.current_time()
         sub = _Subscriber(
             sub_id,
@@ -325,13 +325,13 @@ class PowerHub:
             self._devices[d].waiting.pop(sub.id, None)
         for dev in fresh:
             sub.seen[dev.id] = dev.seq
-        params = {
-            "subscription": sub.id,
-            "timestamp_ms": max(dev.timestamp_ms for dev in fresh),
-            "power_mw": {str(dev.id): dev.value for dev in fresh},
-        }
-        message = {"jsonrpc": "2.0", "method": self.method, "params": params}
-        sub.outbox.put(sub.id, json.dumps(message, separators=(",", ":")).encode() + b"\n")
+        sample = PowerSample(
+            self.kind,
+            sub.id,
+            max(dev.timestamp_ms for dev in fresh),
+            {str(dev.id): dev.value for dev in fresh},
+        )
+        sub.outbox.put(sub.id, sample)
         sub.due += sub.interval
         if sub.due <= now:
             sub.due = now + sub.interval

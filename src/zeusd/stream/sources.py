@@ -7,8 +7,7 @@ from collections.abc import Sequence
 
 import outcome
 
-from zeusd.core.cpus import power_mw
-from zeusd.cpu.rapl import RaplCpu
+from zeusd.cpu.rapl import RaplCpu, power_mw
 from zeusd.gpu.backend import NvmlDevice
 from zeusd.gpu.lanes import GpuLanes, Job, LaneClosedError
 

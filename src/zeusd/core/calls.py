@@ -1,0 +1,98 @@
+"""Calling a method: the one way in for every front end.
+
+:func:`start` runs, synchronously and in this order, the access gate, the param check and
+the handler (which validates its params against every target and queues the device work),
+so that whatever front end a request came through, it is checked, ordered and audited the
+same way. What the caller gets back is the result value, or an awaitable of it; a failure
+is always a :class:`~zeusd.core.errors.ZeusdError` (a bug becomes an InternalError, logged
+with its traceback here).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Mapping
+from typing import Any
+
+from zeusd.core.access import check_access
+from zeusd.core.audit import record_write
+from zeusd.core.context import Context
+from zeusd.core.errors import InternalError, InvalidParamsError, MethodNotFoundError, ZeusdError
+from zeusd.core.session import Session
+from zeusd.core.spec import GPU_CONTROL, MethodSpec
+
+log = logging.getLogger(__name__)
+
+
+def bind(spec: MethodSpec, params: object) -> dict[str, Any]:
+    """The handler's keyword arguments: no unknown names, required ones there, defaults in."""
+    if not isinstance(params, dict):
+        raise InvalidParamsError("params", "params must be given by name, as a JSON object")
+    unknown = params.keys() - spec.param_names
+    if unknown:
+        name = sorted(unknown)[0]
+        accepted = ", ".join(sorted(spec.param_names)) or "none"
+        raise InvalidParamsError(
+            name, f"unknown param '{name}' for {spec.name} (accepted: {accepted})"
+        )
+    for name in spec.required:
+        if name not in params:
+            raise InvalidParamsError(name, f"missing required param '{name}'")
+    return {p.name: params.get(p.name, p.default) for p in spec.params}
+
+
+def as_error(spec: MethodSpec, exc: Exception) -> ZeusdError:
+    """*exc* as the error a client is shown; anything but a ZeusdError is a bug, logged."""
+    if isinstance(exc, ZeusdError):
+        return exc
+    log.error("internal error in %s", spec.name, exc_info=exc)
+    return InternalError(exc)
+
+
+def start(
+    context: Context, session: Session, spec: MethodSpec, params: object
+) -> Any | Awaitable[Any]:
+    """Check and start one call of *spec* by *session*; raises ZeusdError.
+
+    Everything that decides the order of device work happens before this returns.
+    """
+    began = time.monotonic()
+    try:
+        check_access(context, session, spec)
+        value = spec.handler(context, session, **bind(spec, params))
+    except Exception as exc:
+        error = as_error(spec, exc)
+        _audit(spec, session, params, error, began)
+        raise error from None
+    if inspect.isawaitable(value):
+        return _finish(spec, session, params, value, began)
+    _audit(spec, session, params, value, began)
+    return value
+
+
+async def _finish(
+    spec: MethodSpec, session: Session, params: object, pending: Awaitable[Any], began: float
+) -> Any:
+    try:
+        value = await pending
+    except Exception as exc:
+        error = as_error(spec, exc)
+        _audit(spec, session, params, error, began)
+        raise error from None
+    _audit(spec, session, params, value, began)
+    return value
+
+
+def _audit(spec: MethodSpec, session: Session, params: object, outcome: Any, began: float) -> None:
+    if spec.group == GPU_CONTROL:
+        record_write(session, spec.name, params, outcome, time.monotonic() - began)
+
+
+def lookup(methods: Mapping[str, MethodSpec], name: str) -> MethodSpec:
+    """The spec of *name*; raises MethodNotFoundError."""
+    spec = methods.get(name)
+    if spec is None:
+        raise MethodNotFoundError(name)
+    return spec
