@@ -7,10 +7,9 @@ from typing import Any
 import pytest
 
 from zeusd.core.access import allowed_groups, check_access
-from zeusd.core.context import Context
 from zeusd.core.errors import AuthRequiredError, GroupDisabledError, PermissionDeniedError
-from zeusd.core.gpu_commands import GpuTable
 from zeusd.core.methods import build_methods
+from zeusd.core.policy import Policy
 from zeusd.core.session import Session
 from zeusd.gpu.backend import NvmlBackend
 from zeusd.rpc.openrpc import with_rpc_discover
@@ -20,16 +19,8 @@ METHODS = with_rpc_discover(build_methods())
 _backend = NvmlBackend.open(SimNvml(default_sim_gpus(1)), name="sim")
 
 
-def _context(**kwargs: Any) -> Context:
-    fields: dict[str, Any] = {
-        "version": "t",
-        "backend": "sim",
-        "gpus": GpuTable(_backend.infos),
-        "devices": _backend.devices,
-        "lanes": None,
-        "enabled_groups": ("gpu-control", "gpu-read"),
-    }
-    return Context(**(fields | kwargs))
+def _context(**kwargs: Any) -> Policy:
+    return Policy(**({"enabled_groups": ("gpu-control", "gpu-read")} | kwargs))
 
 
 WRITE = METHODS["gpu.set_power_limit"]

@@ -10,6 +10,7 @@ import pytest
 from zeusd.core.context import Context
 from zeusd.core.gpu_commands import GpuTable
 from zeusd.core.methods import MethodSpec, build_methods
+from zeusd.core.policy import Policy
 from zeusd.core.session import Session
 from zeusd.gpu.backend import NvmlBackend
 from zeusd.rpc.dispatch import Dispatcher
@@ -40,7 +41,7 @@ def _dispatcher(
         gpus=GpuTable(backend.infos),
         devices=backend.devices,
         lanes=lanes,  # type: ignore[arg-type]
-        enabled_groups=groups,
+        policy=Policy(enabled_groups=groups),
     )
     methods = dict(build_methods())
     if extra is not None:

@@ -24,6 +24,7 @@ from process_helpers import DaemonProcess, parse_line, parse_output, short_tempd
 from zeusd.core.context import Context
 from zeusd.core.gpu_commands import GpuTable
 from zeusd.core.methods import build_methods
+from zeusd.core.policy import Policy
 from zeusd.core.session import Session
 from zeusd.core.spec import API_GROUPS
 from zeusd.gpu.backend import NvmlBackend
@@ -114,10 +115,12 @@ async def _serve_bytes(data: bytes, token_transports: frozenset[str], uid: int) 
         gpus=GpuTable(_backend.infos),
         devices=_backend.devices,
         lanes=lanes,
-        enabled_groups=API_GROUPS,
-        token_key=KEY,
-        token_transports=token_transports,
-        control_uids=frozenset({4242}),
+        policy=Policy(
+            enabled_groups=API_GROUPS,
+            token_key=KEY,
+            token_transports=token_transports,
+            control_uids=frozenset({4242}),
+        ),
     )
     dispatcher = Dispatcher(METHODS, context, max_batch=4)
     if token_transports:

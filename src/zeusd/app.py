@@ -17,6 +17,7 @@ from zeusd.core.context import Context
 from zeusd.core.cpus import CpuTable
 from zeusd.core.gpu_commands import GpuTable
 from zeusd.core.methods import build_methods
+from zeusd.core.policy import Policy
 from zeusd.core.session import Session
 from zeusd.core.spec import API_GROUPS, CPU_READ
 from zeusd.cpu.rapl import RaplCpu, RaplUnavailableError, open_rapl
@@ -177,18 +178,20 @@ async def _serve(
         gpus=GpuTable(backend.infos),
         devices=backend.devices,
         lanes=lanes,
-        enabled_groups=groups,
+        policy=Policy(
+            enabled_groups=groups,
+            token_key=config.token_key,
+            # A token on a Unix socket is optional (it can only narrow what the peer's uid may
+            # do); TCP has no peer identity, so there it is required.
+            token_transports=frozenset({"tcp"}) if config.token_key is not None else frozenset(),
+            control_uids=config.control_uids,
+            control_gids=config.control_gids,
+            wall_clock=trio_wall_clock(),
+        ),
         cpus=cpu_table,
         gpu_power=gpu_power,
         cpu_power=cpu_power,
         max_subscriptions_per_connection=config.max_subscriptions_per_connection,
-        token_key=config.token_key,
-        # A token on a Unix socket is optional (it can only narrow what the peer's uid may
-        # do); TCP has no peer identity, so there it is required.
-        token_transports=frozenset({"tcp"}) if config.token_key is not None else frozenset(),
-        control_uids=config.control_uids,
-        control_gids=config.control_gids,
-        wall_clock=trio_wall_clock(),
         ledger=SettingsLedger(
             store,
             [info.uuid for info in backend.infos],
@@ -222,7 +225,7 @@ async def _serve(
         max_connections=config.max_connections,
         max_in_flight=config.max_in_flight,
         client_timeout=config.client_timeout,
-        auth_timeout=config.auth_timeout if context.requires_token(mode) else None,
+        auth_timeout=config.auth_timeout if context.policy.requires_token(mode) else None,
         on_session_closed=lambda session: _session_closed(context, session),
         before_lanes_close=(
             (lambda: _restore_all(context)) if config.restore_on_exit else _nothing

@@ -14,37 +14,37 @@ The one place for access rules, so that every method goes through the same gate.
 
 from __future__ import annotations
 
-from zeusd.core.context import Context
 from zeusd.core.errors import AuthRequiredError, GroupDisabledError, PermissionDeniedError
+from zeusd.core.policy import Policy
 from zeusd.core.session import Session
 from zeusd.core.spec import GPU_CONTROL, MethodSpec
 
 
-def check_access(context: Context, session: Session, spec: MethodSpec) -> None:
+def check_access(policy: Policy, session: Session, spec: MethodSpec) -> None:
     """Raise the ZeusdError that refuses *spec* to *session*, or return."""
-    if spec.group is not None and spec.group not in context.enabled_groups:
+    if spec.group is not None and spec.group not in policy.enabled_groups:
         raise GroupDisabledError(spec.name, spec.group)
     if spec.public:
         return
-    if context.requires_token(session.transport) and not session.authenticated:
+    if policy.requires_token(session.transport) and not session.authenticated:
         raise AuthRequiredError(
             f"this connection must call session.authenticate with a token before {spec.name}"
         )
-    if expired(context, session):
+    if expired(policy, session):
         raise AuthRequiredError("the session's token has expired; authenticate again")
     if spec.group is None:
         return
-    reason = refusal(context, session, spec.group)
+    reason = refusal(policy, session, spec.group)
     if reason is not None:
         raise PermissionDeniedError(spec.name, reason)
 
 
-def expired(context: Context, session: Session) -> bool:
+def expired(policy: Policy, session: Session) -> bool:
     """Whether *session* authenticated with a token that has expired since."""
-    return session.expires_at is not None and context.wall_clock() >= session.expires_at
+    return session.expires_at is not None and policy.wall_clock() >= session.expires_at
 
 
-def refusal(context: Context, session: Session, group: str) -> str | None:
+def refusal(policy: Policy, session: Session, group: str) -> str | None:
     """Why *session* may not call methods of *group* (enabled or not), or None."""
     if session.scopes is not None and group not in session.scopes:
         granted = ", ".join(session.scopes) or "none"
@@ -53,35 +53,35 @@ def refusal(context: Context, session: Session, group: str) -> str | None:
         return None  # root can do all of this with nvidia-smi anyway
     if session.scopes is not None and session.uid is None:
         return None  # TCP: the token is the only identity there is
-    if group != GPU_CONTROL or not context.restricts_control:
+    if group != GPU_CONTROL or not policy.restricts_control:
         return None
     if session.uid is None:
         return (
             f"'{group}' is limited to certain users and this {session.transport} connection "
             f"carries no user identity"
-            + ("; authenticate with a token" if context.token_key is not None else "")
+            + ("; authenticate with a token" if policy.token_key is not None else "")
         )
-    if session.uid in context.control_uids or not context.control_gids.isdisjoint(session.groups):
+    if session.uid in policy.control_uids or not policy.control_gids.isdisjoint(session.groups):
         return None
     return (
-        f"'{group}' is allowed to root and {describe_allowed(context)} "
+        f"'{group}' is allowed to root and {describe_allowed(policy)} "
         f"(you are uid {session.uid}, groups {', '.join(map(str, session.groups)) or 'none'})"
     )
 
 
-def describe_allowed(context: Context) -> str:
+def describe_allowed(policy: Policy) -> str:
     parts = []
-    if context.control_uids:
-        parts.append("uids " + ", ".join(map(str, sorted(context.control_uids))))
-    if context.control_gids:
-        parts.append("gids " + ", ".join(map(str, sorted(context.control_gids))))
+    if policy.control_uids:
+        parts.append("uids " + ", ".join(map(str, sorted(policy.control_uids))))
+    if policy.control_gids:
+        parts.append("gids " + ", ".join(map(str, sorted(policy.control_gids))))
     return " and ".join(parts) or "nobody else"
 
 
-def allowed_groups(context: Context, session: Session) -> list[str]:
+def allowed_groups(policy: Policy, session: Session) -> list[str]:
     """The enabled groups *session* may call right now, for ``session.whoami``."""
-    if context.requires_token(session.transport) and not session.authenticated:
+    if policy.requires_token(session.transport) and not session.authenticated:
         return []
-    if expired(context, session):
+    if expired(policy, session):
         return []
-    return [g for g in context.enabled_groups if refusal(context, session, g) is None]
+    return [g for g in policy.enabled_groups if refusal(policy, session, g) is None]

@@ -60,7 +60,7 @@ def start(
     """
     began = time.monotonic()
     try:
-        check_access(context, session, spec)
+        check_access(context.policy, session, spec)
         value = spec.handler(context, session, **bind(spec, params))
     except Exception as exc:
         error = as_error(spec, exc)

@@ -4,8 +4,7 @@ hubs and the daemon's facts."""
 from __future__ import annotations
 
 import functools
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import attrs
@@ -15,6 +14,7 @@ from outcome import Outcome
 from zeusd.core.cpus import CpuTable
 from zeusd.core.errors import DEVICE_FAILURES, DeviceError, failure_detail
 from zeusd.core.gpu_commands import GpuCommand, GpuTable
+from zeusd.core.policy import Policy
 from zeusd.core.session import Session
 from zeusd.gpu.backend import NvmlDevice
 from zeusd.gpu.lanes import GpuLanes, Job, LaneClosedError
@@ -31,15 +31,8 @@ class Context:
     gpus: GpuTable
     devices: Sequence[NvmlDevice]
     lanes: GpuLanes
-    enabled_groups: tuple[str, ...]
-    #: Set with --token-key: the key that signs session tokens.
-    token_key: bytes | None = None
-    #: Transports whose connections must authenticate before most methods (--token-key).
-    token_transports: frozenset[str] = frozenset()
-    #: Who may call gpu-control besides root (--control-uids/--control-gids); both empty:
-    #: everyone who can reach the socket.
-    control_uids: frozenset[int] = frozenset()
-    control_gids: frozenset[int] = frozenset()
+    #: Who may call what.
+    policy: Policy
     #: Who changed which GPU setting, and what it was before; see zeusd.gpu.ledger.
     ledger: SettingsLedger = attrs.field(factory=SettingsLedger)
     #: RAPL CPUs; empty unless cpu-read is enabled.
@@ -47,22 +40,8 @@ class Context:
     #: Power subscriptions; None where the daemon runs without them (unit tests).
     gpu_power: PowerHub | None = None
     cpu_power: PowerHub | None = None
-    #: Unix time in seconds, for token expiry; app.serve derives it from trio's clock, so
-    #: tests can move it with a virtual clock.
-    wall_clock: Callable[[], float] = time.time
     #: --max-subscriptions-per-connection (the daemon-wide cap is the hubs' shared budget).
     max_subscriptions_per_connection: int = 32
-
-    @property
-    def auth_required(self) -> bool:
-        return bool(self.token_transports)
-
-    @property
-    def restricts_control(self) -> bool:
-        return bool(self.control_uids or self.control_gids)
-
-    def requires_token(self, transport: str) -> bool:
-        return transport in self.token_transports
 
     def submit(self, command: GpuCommand, session: Session | None = None) -> Awaitable[Any]:
         """Queue *command* on each target GPU's lane now; await the result later.

@@ -90,8 +90,8 @@ def _discover(ctx: Context, session: Session) -> dict[str, Any]:
         "backend": ctx.backend,
         "gpus": [info.describe() for info in ctx.gpus.infos],
         "cpus": [cpu.describe() for cpu in ctx.cpus.cpus],
-        "enabled_api_groups": list(ctx.enabled_groups),
-        "auth_required": ctx.auth_required,
+        "enabled_api_groups": list(ctx.policy.enabled_groups),
+        "auth_required": ctx.policy.auth_required,
     }
 
 

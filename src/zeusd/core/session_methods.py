@@ -28,17 +28,17 @@ def _whoami(ctx: Context, session: Session) -> dict[str, Any]:
         "uid": session.uid,
         "gid": session.gid,
         "subject": session.subject,
-        "allowed_groups": allowed_groups(ctx, session),
+        "allowed_groups": allowed_groups(ctx.policy, session),
         "restore_on_close": session.restore_on_close,
     }
 
 
 def _authenticate(ctx: Context, session: Session, token: object) -> dict[str, Any]:
-    if ctx.token_key is None:
+    if ctx.policy.token_key is None:
         raise AuthRequiredError("this daemon has no --token-key: tokens cannot be checked")
     try:
         # A non-string token is not a token: -32005 like any other bad token.
-        claims = tokens.verify(ctx.token_key, token, now=ctx.wall_clock())
+        claims = tokens.verify(ctx.policy.token_key, token, now=ctx.policy.wall_clock())
     except tokens.TokenError as exc:
         log.warning("%s: authentication refused: %s", session.describe(), clip(str(exc)))
         raise AuthRequiredError(str(exc)) from None
