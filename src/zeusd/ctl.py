@@ -13,8 +13,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from rich.console import Console
+
 from zeusd.client import Address, ZeusdClient, ZeusdConnectionError, ZeusdRpcError
 from zeusd.client.transport import env_address
+from zeusd.watch import watch
 
 EXIT_OK = 0
 EXIT_RPC_ERROR = 1
@@ -57,18 +60,60 @@ def _seconds(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="zeusctl",
-        description="Call a zeusd JSON-RPC method and print its result as JSON. "
-        "'zeusctl discover' prints a table instead (add --json for the raw result).",
-        epilog="example: zeusctl gpu.set_power_limit gpu_ids=[0,1] power_limit_mw=250000",
-    )
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number (got {text!r})") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {text})")
+    return value
+
+
+def _gpu_list(text: str) -> list[int]:
+    try:
+        ids = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected GPU ids like 0,1 (got {text!r})") from None
+    if any(i < 0 for i in ids) or len(set(ids)) != len(ids):
+        raise argparse.ArgumentTypeError(f"expected distinct GPU ids >= 0 (got {text!r})")
+    return ids
+
+
+def _add_connection_options(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--socket-path", help="Unix socket (default: $ZEUSD_SOCK_PATH)")
     where.add_argument("--tcp", metavar="HOST:PORT", help="TCP address ($ZEUSD_HOST_PORT)")
     parser.add_argument("--token", help="session token (default: $ZEUSD_TOKEN)")
     parser.add_argument("--timeout", type=_seconds, default=30.0, help="seconds to wait (30)")
+
+
+def build_watch_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zeusctl watch",
+        usage="zeusctl [connection options] watch [--interval S] [--count N] [--gpus IDS]",
+        description="Show each GPU's power, power limit, energy and clock locks (and the CPU "
+        "packages' power and energy), refreshed in place until Ctrl-C.",
+    )
+    _add_connection_options(parser)
+    parser.add_argument("watch", choices=["watch"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--interval", type=_seconds, default=1.0, metavar="S", help="seconds between refreshes (1)"
+    )
+    parser.add_argument("--count", type=_count, metavar="N", help="stop after N refreshes")
+    parser.add_argument("--gpus", type=_gpu_list, metavar="IDS", help="GPU ids, e.g. 0,1 (all)")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zeusctl",
+        description="Call a zeusd JSON-RPC method and print its result as JSON. "
+        "'zeusctl discover' prints a table instead (add --json for the raw result); "
+        "'zeusctl watch' shows the GPUs live (zeusctl watch --help).",
+        epilog="example: zeusctl gpu.set_power_limit gpu_ids=[0,1] power_limit_mw=250000",
+    )
+    _add_connection_options(parser)
     parser.add_argument(
         "--notify", action="store_true", help="send as a notification: no reply, no error"
     )
@@ -129,11 +174,59 @@ def _table(rows: Sequence[Sequence[str]]) -> list[str]:
     ]
 
 
+def _run_watch(argv: Sequence[str], stdout: TextIO, stderr: TextIO) -> int:
+    parser = build_watch_parser()
+    try:
+        args = parser.parse_args(argv)
+        address = _address(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    except UsageError as exc:
+        parser.print_usage(stderr)
+        print(f"zeusctl watch: error: {exc}", file=stderr)
+        return EXIT_USAGE
+    token = args.token if args.token is not None else (os.environ.get("ZEUSD_TOKEN") or None)
+    client = ZeusdClient(address, token=token, timeout=args.timeout)
+    try:
+        watch(
+            client,
+            interval_s=args.interval,
+            count=args.count,
+            gpu_ids=args.gpus,
+            # Piped output has no width to fit: wide enough that rows never wrap.
+            console=Console(file=stdout, width=None if stdout.isatty() else 120),
+        )
+    except ZeusdRpcError as exc:
+        print(f"zeusctl watch: {exc}", file=stderr)
+        return EXIT_RPC_ERROR
+    finally:
+        client.close()
+    return EXIT_OK
+
+
+_VALUED_OPTIONS = frozenset({"--socket-path", "--tcp", "--token", "--timeout"})
+
+
+def _first_word(argv: Sequence[str]) -> str | None:
+    """The method (or ``watch``): the first argument that is neither an option nor its value."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _VALUED_OPTIONS:
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
 def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO) -> int:
+    if _first_word(argv) == "watch":
+        return _run_watch(argv, stdout, stderr)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 for --help
+    except SystemExit as exc:
         return int(exc.code or 0)
     try:
         params = parse_params(args.params)
