@@ -15,7 +15,7 @@ def test_defaults_match_the_original_daemon() -> None:
     assert config.socket_path == "/var/run/zeusd.sock"
     assert config.socket_permissions == 0o666
     assert (config.tcp_host, config.tcp_port) == ("127.0.0.1", 4938)
-    assert config.gpu_backend == "nvml"
+    assert config.gpu_backend == "auto"  # section 10: the vendor library that finds GPUs
     assert config.sim_gpus == 4
     assert config.max_line_bytes == 1024 * 1024
     assert config.num_workers >= 1

@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable
 
 import attrs
-import pynvml
 import trio
 
 from zeusd import __version__
@@ -21,16 +20,20 @@ from zeusd.core.policy import Policy
 from zeusd.core.session import Session
 from zeusd.core.spec import API_GROUPS, CPU_READ
 from zeusd.cpu.rapl import RaplCpu, RaplUnavailableError, open_rapl
+from zeusd.gpu.amdsmi_backend import AmdsmiBackend
 from zeusd.gpu.backend import NvmlBackend, NvmlCallError
+from zeusd.gpu.choose import OPENERS, BackendError, open_auto
+from zeusd.gpu.device import GpuBackend
 from zeusd.gpu.lanes import GpuLanes
 from zeusd.gpu.ledger import SettingsLedger
+from zeusd.gpu.overrides import OverriddenBackend, OverridesError, load_overrides
 from zeusd.gpu.records import RecordStore, StateDirError
 from zeusd.recovery import recover
 from zeusd.rpc.dispatch import Dispatcher
 from zeusd.server import listeners
 from zeusd.server.daemon import Server, stop_on_signals
 from zeusd.server.listeners import StartupError
-from zeusd.sim import SimConfigError, SimNvml, default_sim_gpus, load_sim_config
+from zeusd.sim import SimAmdsmi, SimConfigError, SimNvml, default_sim_gpus, load_sim_config
 from zeusd.stream.hub import PowerHub, SubscriptionBudget
 from zeusd.stream.sources import CpuPowerSource, GpuPowerSource
 
@@ -40,24 +43,49 @@ log = logging.getLogger(__name__)
 ready_log = logging.getLogger("zeusd.ready")
 
 
-def open_backend(config: Config) -> NvmlBackend:
-    """Initialise NVML (real or simulated) and read every GPU. Raises StartupError."""
+def open_backend(config: Config) -> GpuBackend:
+    """Initialise the GPU library (real or simulated), read every GPU, and put the command
+    overrides in front of it. Raises StartupError."""
     try:
-        if config.gpu_backend == "sim":
-            specs = (
-                load_sim_config(config.sim_config)
-                if config.sim_config
-                else default_sim_gpus(config.sim_gpus)
-            )
+        # First, so that an unsafe or broken file is refused before any GPU is touched.
+        overrides = (
+            load_overrides(config.gpu_command_overrides)
+            if config.gpu_command_overrides is not None
+            else None
+        )
+        backend = _open_library(config)
+    except (SimConfigError, OverridesError, BackendError) as exc:
+        raise StartupError(str(exc)) from exc
+    if overrides is None:
+        return backend
+    log.info("gpu-control through site commands for: %s", ", ".join(overrides))
+    return OverriddenBackend(backend, overrides)
+
+
+def _open_library(config: Config) -> GpuBackend:
+    if config.gpu_backend == "auto":
+        return open_auto()
+    if config.gpu_backend != "sim":
+        return OPENERS[config.gpu_backend]()
+    vendor = config.sim_vendor
+    specs = (
+        load_sim_config(config.sim_config, vendor)
+        if config.sim_config
+        else default_sim_gpus(config.sim_gpus, vendor)
+    )
+    sim: SimAmdsmi | SimNvml
+    backend: GpuBackend
+    try:
+        if vendor == "amd":
+            sim = SimAmdsmi(specs)
+            backend = AmdsmiBackend.open(sim, name="sim")
+        else:
             sim = SimNvml(specs, state_file=config.sim_state)
             backend = NvmlBackend.open(sim, name="sim")
-            sim.arm()  # latency and faults apply to requests, not to start-up
-            return backend
-        return NvmlBackend.open(pynvml)
-    except SimConfigError as exc:
-        raise StartupError(str(exc)) from exc
     except NvmlCallError as exc:
-        raise StartupError(f"cannot initialise NVML: {exc}") from exc
+        raise BackendError(f"cannot initialise the simulated GPUs: {exc}") from exc
+    sim.arm()  # latency and faults apply to requests, not to start-up
+    return backend
 
 
 def enabled_groups(config: Config) -> tuple[tuple[str, ...], tuple[RaplCpu, ...]]:
@@ -126,7 +154,7 @@ class Running:
 
 async def serve(
     config: Config,
-    backend: NvmlBackend,
+    backend: GpuBackend,
     *,
     handle_signals: bool = True,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
@@ -154,14 +182,19 @@ async def serve(
 
 async def _serve(
     config: Config,
-    backend: NvmlBackend,
+    backend: GpuBackend,
     groups: tuple[str, ...],
     cpus: tuple[RaplCpu, ...],
     store: RecordStore | None,
     handle_signals: bool,
     task_status: trio.TaskStatus[Running],
 ) -> None:
-    lanes = GpuLanes(len(backend.devices), trio.CapacityLimiter(config.num_workers))
+    workers = config.num_workers
+    if config.gpu_command_overrides is not None:
+        # A site command may take up to its timeout_s in its GPU's lane thread: with a
+        # thread for every GPU, one that hangs can never keep another GPU waiting.
+        workers = max(workers, len(backend.devices))
+    lanes = GpuLanes(len(backend.devices), trio.CapacityLimiter(workers))
     cpu_table = CpuTable(cpus)
     # One budget for both hubs: --max-subscriptions counts GPU and CPU subscriptions.
     budget = SubscriptionBudget(config.max_subscriptions)

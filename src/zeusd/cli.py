@@ -33,6 +33,7 @@ from zeusd.config import (
 from zeusd.core.spec import API_GROUPS
 from zeusd.server import fdlimit
 from zeusd.server.listeners import StartupError, parse_host_port
+from zeusd.sim.config import VENDORS
 
 log = logging.getLogger("zeusd")
 
@@ -143,7 +144,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.cpu_count() or 1,
         help="threads for blocking NVML calls (logical CPUs: %(default)s)",
     )
-    parser.add_argument("--gpu-backend", choices=("nvml", "sim"), default="nvml")
+    parser.add_argument(
+        "--gpu-backend",
+        choices=("auto", "nvml", "amdsmi", "sim"),
+        default="auto",
+        help="GPU library: auto (the one of nvml and amdsmi that finds GPUs), nvml (NVIDIA), "
+        "amdsmi (AMD) or sim (simulated GPUs) (%(default)s)",
+    )
+    parser.add_argument(
+        "--sim-vendor",
+        choices=VENDORS,
+        help="the library --gpu-backend sim simulates: nvidia (NVML) or amd (amdsmi) (nvidia)",
+    )
+    parser.add_argument(
+        "--gpu-command-overrides",
+        metavar="FILE",
+        help="TOML file of site commands that carry out gpu-control methods instead of the "
+        "GPU library (no root needed then; see docs/deployment.md)",
+    )
     parser.add_argument(
         "--sim-gpus", type=_positive, help=f"number of simulated GPUs ({DEFAULT_SIM_GPUS})"
     )
@@ -264,9 +282,13 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.gpu_backend != "sim" and (
-        args.sim_gpus is not None or args.sim_config or args.sim_state
+        args.sim_gpus is not None or args.sim_config or args.sim_state or args.sim_vendor
     ):
-        parser.error("--sim-gpus, --sim-config and --sim-state need --gpu-backend sim")
+        parser.error(
+            "--sim-gpus, --sim-config, --sim-state and --sim-vendor need --gpu-backend sim"
+        )
+    if args.sim_state and args.sim_vendor == "amd":
+        parser.error("--sim-state keeps simulated NVML GPUs only; drop it or --sim-vendor amd")
     if not args.state_dir:
         parser.error("--state-dir needs a directory")
     if args.sim_gpus is not None and args.sim_config:
@@ -301,6 +323,8 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         allow_unprivileged=args.allow_unprivileged,
         num_workers=args.num_workers,
         gpu_backend=args.gpu_backend,
+        sim_vendor=args.sim_vendor or "nvidia",
+        gpu_command_overrides=args.gpu_command_overrides,
         sim_gpus=args.sim_gpus if args.sim_gpus is not None else DEFAULT_SIM_GPUS,
         sim_config=args.sim_config,
         sim_state=args.sim_state,
@@ -327,13 +351,25 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
 
 def privilege_problem(config: Config, euid: int) -> str | None:
     """Why the daemon must not start with these privileges, or None."""
-    if config.gpu_backend == "nvml" and euid != 0 and not config.allow_unprivileged:
-        return (
-            "the nvml backend must run as root: changing power limits, clocks and persistence "
-            "mode needs CAP_SYS_ADMIN. Run zeusd as root, pass --allow-unprivileged to start "
-            "anyway (GPU writes will fail), or use --gpu-backend sim to try it without a GPU."
-        )
-    return None
+    if (
+        config.gpu_backend == "sim"
+        or euid == 0
+        or config.allow_unprivileged
+        or config.gpu_command_overrides is not None
+    ):
+        return None
+    which = (
+        "the nvml and amdsmi backends"
+        if config.gpu_backend == "auto"
+        else f"the {config.gpu_backend} backend"
+    )
+    return (
+        f"{which} must run as root: changing power limits and clocks through the GPU "
+        "library needs root (CAP_SYS_ADMIN). Run zeusd as root, give "
+        "--gpu-command-overrides FILE to carry out writes with site commands instead, pass "
+        "--allow-unprivileged to start anyway (GPU writes will fail), or use "
+        "--gpu-backend sim to try it without a GPU."
+    )
 
 
 def _fit_fd_limit(config: Config) -> Config:

@@ -32,7 +32,12 @@ class Config:
     tcp_port: int = 4938
     allow_unprivileged: bool = False
     num_workers: int = attrs.field(factory=lambda: os.cpu_count() or 1)
-    gpu_backend: str = "nvml"
+    #: auto, nvml, amdsmi or sim.
+    gpu_backend: str = "auto"
+    #: The simulated library for --gpu-backend sim: nvidia (NVML) or amd (amdsmi).
+    sim_vendor: str = "nvidia"
+    #: --gpu-command-overrides: the TOML file of site commands for gpu-control methods.
+    gpu_command_overrides: str | None = None
     sim_gpus: int = DEFAULT_SIM_GPUS
     sim_config: str | None = None
     #: --sim-state: where simulated GPUs keep their settings across daemon runs.

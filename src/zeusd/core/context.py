@@ -16,7 +16,7 @@ from zeusd.core.errors import DEVICE_FAILURES, DeviceError, failure_detail
 from zeusd.core.gpu_commands import GpuCommand, GpuTable
 from zeusd.core.policy import Policy
 from zeusd.core.session import Session
-from zeusd.gpu.backend import NvmlDevice
+from zeusd.gpu.device import GpuDevice
 from zeusd.gpu.lanes import GpuLanes, Job, LaneClosedError
 from zeusd.gpu.ledger import SettingsLedger
 from zeusd.stream.hub import PowerHub
@@ -29,7 +29,7 @@ class Context:
     version: str
     backend: str
     gpus: GpuTable
-    devices: Sequence[NvmlDevice]
+    devices: Sequence[GpuDevice]
     lanes: GpuLanes
     #: Who may call what.
     policy: Policy

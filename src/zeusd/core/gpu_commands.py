@@ -18,7 +18,8 @@ from zeusd.core.errors import InvalidParamsError
 from zeusd.core.omitted import OMITTED, Omitted
 from zeusd.core.params import check_int, resolve_ids, show
 from zeusd.gpu import ledger
-from zeusd.gpu.backend import GpuInfo, NvmlCallError, NvmlDevice
+from zeusd.gpu.backend import GpuInfo, NvmlCallError
+from zeusd.gpu.device import GpuDevice
 
 UINT32_MAX = 2**32 - 1
 MIN_CLOCK_MHZ = 1
@@ -69,7 +70,7 @@ class GpuCommand(Protocol):
 
     gpus: tuple[GpuInfo, ...]
 
-    def run(self, device: NvmlDevice) -> Any:
+    def run(self, device: GpuDevice) -> Any:
         """The blocking NVML work on one GPU; runs in a worker thread."""
 
     def result(self, values: Mapping[int, Any]) -> Any:
@@ -102,7 +103,7 @@ class SetPowerLimit(_Write):
             high = gpu.max_power_limit_mw or UINT32_MAX
             check_int(attribute.name, value, low, high, where=f" for GPU {gpu.index}")
 
-    def run(self, device: NvmlDevice) -> None:
+    def run(self, device: GpuDevice) -> None:
         device.set_power_limit(self.power_limit_mw)
 
 
@@ -110,7 +111,7 @@ class SetPowerLimit(_Write):
 class ResetPowerLimit(_Write):
     settings = (ledger.POWER_LIMIT,)
 
-    def run(self, device: NvmlDevice) -> None:
+    def run(self, device: GpuDevice) -> None:
         device.reset_power_limit()
 
 
@@ -120,7 +121,7 @@ class SetPersistenceMode(_Write):
 
     enabled: bool = _bool_field()
 
-    def run(self, device: NvmlDevice) -> None:
+    def run(self, device: GpuDevice) -> None:
         device.set_persistence_mode(self.enabled)
 
 
@@ -136,7 +137,7 @@ class _LockClocks(_Write):
 class SetGpuLockedClocks(_LockClocks):
     settings = (ledger.GPU_LOCKED_CLOCKS,)
 
-    def run(self, device: NvmlDevice) -> None:
+    def run(self, device: GpuDevice) -> None:
         device.set_gpu_locked_clocks(self.min_clock_mhz, self.max_clock_mhz)
 
 
@@ -144,7 +145,7 @@ class SetGpuLockedClocks(_LockClocks):
 class SetMemLockedClocks(_LockClocks):
     settings = (ledger.MEM_LOCKED_CLOCKS,)
 
-    def run(self, device: NvmlDevice) -> None:
+    def run(self, device: GpuDevice) -> None:
         device.set_mem_locked_clocks(self.min_clock_mhz, self.max_clock_mhz)
 
 
@@ -152,7 +153,7 @@ class SetMemLockedClocks(_LockClocks):
 class ResetGpuLockedClocks(_Write):
     settings = (ledger.GPU_LOCKED_CLOCKS,)
 
-    def run(self, device: NvmlDevice) -> None:
+    def run(self, device: GpuDevice) -> None:
         device.reset_gpu_locked_clocks()
 
 
@@ -160,7 +161,7 @@ class ResetGpuLockedClocks(_Write):
 class ResetMemLockedClocks(_Write):
     settings = (ledger.MEM_LOCKED_CLOCKS,)
 
-    def run(self, device: NvmlDevice) -> None:
+    def run(self, device: GpuDevice) -> None:
         device.reset_mem_locked_clocks()
 
 
@@ -168,7 +169,7 @@ class ResetMemLockedClocks(_Write):
 class ResetLockedClocks(_Write):
     settings = (ledger.GPU_LOCKED_CLOCKS, ledger.MEM_LOCKED_CLOCKS)
 
-    def run(self, device: NvmlDevice) -> None:
+    def run(self, device: GpuDevice) -> None:
         device.reset_locked_clocks()
 
 
@@ -187,13 +188,13 @@ class _ReadByGpu:
 
 @attrs.frozen
 class GetPowerLimit(_ReadByGpu):
-    def run(self, device: NvmlDevice) -> Any:
+    def run(self, device: GpuDevice) -> Any:
         return {"power_limit_mw": device.get_power_limit()}
 
 
 @attrs.frozen
 class GetPowerLimitConstraints(_ReadByGpu):
-    def run(self, device: NvmlDevice) -> Any:
+    def run(self, device: GpuDevice) -> Any:
         low, high = device.get_power_limit_constraints()
         return {
             "min_power_limit_mw": low,
@@ -204,7 +205,7 @@ class GetPowerLimitConstraints(_ReadByGpu):
 
 @attrs.frozen
 class GetPersistenceMode(_ReadByGpu):
-    def run(self, device: NvmlDevice) -> Any:
+    def run(self, device: GpuDevice) -> Any:
         return {"enabled": device.get_persistence_mode()}
 
 
@@ -214,20 +215,20 @@ def _lock(pair: tuple[int, int] | None) -> dict[str, int] | None:
 
 @attrs.frozen
 class GetLockedClocks(_ReadByGpu):
-    def run(self, device: NvmlDevice) -> Any:
+    def run(self, device: GpuDevice) -> Any:
         graphics, memory = device.get_locked_clocks()
         return {"gpu_locked_clocks": _lock(graphics), "mem_locked_clocks": _lock(memory)}
 
 
 @attrs.frozen
 class GetCumulativeEnergy(_ReadByGpu):
-    def run(self, device: NvmlDevice) -> Any:
+    def run(self, device: GpuDevice) -> Any:
         return {"energy_mj": device.get_cumulative_energy()}
 
 
 @attrs.frozen
 class GetSupportedMemoryClocks(_ReadByGpu):
-    def run(self, device: NvmlDevice) -> Any:
+    def run(self, device: GpuDevice) -> Any:
         return {"memory_clocks_mhz": device.get_supported_memory_clocks()}
 
 
@@ -250,7 +251,7 @@ class GetSupportedGraphicsClocks(_ReadByGpu):
                     f" (supported: {supported})",
                 )
 
-    def run(self, device: NvmlDevice) -> Any:
+    def run(self, device: GpuDevice) -> Any:
         memory_clock = self.memory_clock_mhz
         if memory_clock is OMITTED:
             supported = device.get_supported_memory_clocks()
@@ -266,7 +267,7 @@ class GetPower:
 
     gpus: tuple[GpuInfo, ...]
 
-    def run(self, device: NvmlDevice) -> int:
+    def run(self, device: GpuDevice) -> int:
         return device.get_power()
 
     def result(self, values: Mapping[int, Any]) -> Any:

@@ -124,7 +124,7 @@ def _daemon_methods() -> list[MethodSpec]:
             (),
             object_schema(
                 version={"type": "string"},
-                backend={"enum": ["nvml", "sim"]},
+                backend={"enum": ["nvml", "amdsmi", "sim"]},
                 gpus={"type": "array", "items": {"type": "object"}},
                 cpus={"type": "array", "items": {"type": "object"}},
                 enabled_api_groups={"type": "array", "items": {"type": "string"}},

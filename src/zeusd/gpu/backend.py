@@ -37,6 +37,19 @@ def translate(exc: BaseException) -> NvmlCallError:
     return NvmlCallError(error_name(getattr(exc, "value", -1)), str(exc))
 
 
+def reset_both_clocks(reset_gpu: Callable[[], None], reset_mem: Callable[[], None]) -> None:
+    """Reset both clock locks; the second is attempted even when the first fails."""
+    failures: list[tuple[str, NvmlCallError]] = []
+    for what, reset in (("graphics", reset_gpu), ("memory", reset_mem)):
+        try:
+            reset()
+        except NvmlCallError as exc:
+            failures.append((what, exc))
+    if failures:
+        message = "; ".join(f"{what} clocks: {exc.message}" for what, exc in failures)
+        raise NvmlCallError(failures[0][1].nvml_error, message)
+
+
 def _text(value: str | bytes) -> str:
     # nvidia-ml-py decodes strings for us; be safe should a release hand back bytes.
     return value.decode(errors="replace") if isinstance(value, bytes) else value
@@ -149,19 +162,7 @@ class NvmlDevice:
         return self._gpu_locked, self._mem_locked
 
     def reset_locked_clocks(self) -> None:
-        """Reset both clock locks; the second is attempted even when the first fails."""
-        failures: list[tuple[str, NvmlCallError]] = []
-        for what, reset in (
-            ("graphics", self.reset_gpu_locked_clocks),
-            ("memory", self.reset_mem_locked_clocks),
-        ):
-            try:
-                reset()
-            except NvmlCallError as exc:
-                failures.append((what, exc))
-        if failures:
-            message = "; ".join(f"{what} clocks: {exc.message}" for what, exc in failures)
-            raise NvmlCallError(failures[0][1].nvml_error, message)
+        reset_both_clocks(self.reset_gpu_locked_clocks, self.reset_mem_locked_clocks)
 
     def read_info(self) -> GpuInfo:
         """Read what request validation needs; done once, at start-up."""

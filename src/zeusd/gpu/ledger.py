@@ -33,7 +33,8 @@ from typing import Any
 
 import attrs
 
-from zeusd.gpu.backend import NvmlCallError, NvmlDevice
+from zeusd.gpu.backend import NvmlCallError
+from zeusd.gpu.device import GpuDevice
 from zeusd.gpu.lanes import GpuLanes, Job, LaneClosedError
 from zeusd.gpu.records import Record, RecordStore, boot_id
 
@@ -56,38 +57,38 @@ class _Unknown:
 UNKNOWN: Any = _Unknown()
 
 
-def _restore_power_limit(device: NvmlDevice, value: Any) -> None:
+def _restore_power_limit(device: GpuDevice, value: Any) -> None:
     if value is UNKNOWN:
         device.reset_power_limit()  # the best guess left: the GPU's default
     else:
         device.set_power_limit(value)
 
 
-def _restore_persistence_mode(device: NvmlDevice, value: Any) -> None:
+def _restore_persistence_mode(device: GpuDevice, value: Any) -> None:
     if value is UNKNOWN:
         raise NvmlCallError("NVML_ERROR_UNKNOWN", "the mode before the change could not be read")
     device.set_persistence_mode(value)
 
 
-def _unreadable(device: NvmlDevice) -> Any:
+def _unreadable(device: GpuDevice) -> Any:
     return UNKNOWN
 
 
 @attrs.frozen
 class Setting:
-    read: Callable[[NvmlDevice], Any]
-    restore: Callable[[NvmlDevice, Any], None]
+    read: Callable[[GpuDevice], Any]
+    restore: Callable[[GpuDevice, Any], None]
 
 
 SETTINGS: dict[str, Setting] = {
-    POWER_LIMIT: Setting(NvmlDevice.get_power_limit, _restore_power_limit),
-    PERSISTENCE_MODE: Setting(NvmlDevice.get_persistence_mode, _restore_persistence_mode),
+    POWER_LIMIT: Setting(lambda d: d.get_power_limit(), _restore_power_limit),
+    PERSISTENCE_MODE: Setting(lambda d: d.get_persistence_mode(), _restore_persistence_mode),
     GPU_LOCKED_CLOCKS: Setting(_unreadable, lambda d, _: d.reset_gpu_locked_clocks()),
     MEM_LOCKED_CLOCKS: Setting(_unreadable, lambda d, _: d.reset_mem_locked_clocks()),
 }
 
 
-def restore_setting(device: NvmlDevice, name: str, value: Any) -> None:
+def restore_setting(device: GpuDevice, name: str, value: Any) -> None:
     """Put setting *name* of *device* back to *value* (UNKNOWN: its best guess)."""
     SETTINGS[name].restore(device, value)
 
@@ -155,7 +156,7 @@ class SettingsLedger:
         restore: bool,
         gpu: int,
         settings: Sequence[str],
-        device: NvmlDevice,
+        device: GpuDevice,
         run: Callable[[], Any],
     ) -> Any:
         """Run a write on *device*: read what it is about to change (where not known yet),
@@ -200,7 +201,7 @@ class SettingsLedger:
         return not layers or layers[-1].session != session
 
     @staticmethod
-    def _read(device: NvmlDevice, key: Key) -> Any:
+    def _read(device: GpuDevice, key: Key) -> Any:
         try:
             return SETTINGS[key[1]].read(device)
         except NvmlCallError as exc:
@@ -220,7 +221,7 @@ class SettingsLedger:
         ]
 
     def close_session(
-        self, session: int, restore: bool, lanes: GpuLanes, devices: Sequence[NvmlDevice]
+        self, session: int, restore: bool, lanes: GpuLanes, devices: Sequence[GpuDevice]
     ) -> list[Job]:
         """Queue, on each GPU *session* wrote to, undoing (*restore*) or keeping its changes."""
         with self._lock:
@@ -236,7 +237,7 @@ class SettingsLedger:
         ]
         return [job for job in jobs if job is not None]
 
-    def restore_all(self, lanes: GpuLanes, devices: Sequence[NvmlDevice]) -> list[Job]:
+    def restore_all(self, lanes: GpuLanes, devices: Sequence[GpuDevice]) -> list[Job]:
         """Queue putting every setting changed through the daemon back to its first value."""
         with self._lock:
             everything = dict(self._daemon_before)
@@ -268,7 +269,7 @@ class SettingsLedger:
         self._save_current(keys)
 
     def _close_on(
-        self, session: int, restore: bool, gpu: int, devices: Sequence[NvmlDevice]
+        self, session: int, restore: bool, gpu: int, devices: Sequence[GpuDevice]
     ) -> None:
         with self._lock:
             keys = sorted(k for k in self._keys_of.get(session, ()) if k[0] == gpu)
@@ -302,7 +303,7 @@ class SettingsLedger:
         for key in keys:
             self._settle(key, devices[gpu])
 
-    def _settle(self, key: Key, device: NvmlDevice) -> None:
+    def _settle(self, key: Key, device: GpuDevice) -> None:
         """Take closed layers off the top of *key*'s stack and put back the value before."""
         gpu, name = key
         with self._lock:
@@ -335,7 +336,7 @@ class SettingsLedger:
             )
         self._save_current([key])
 
-    def _undo_all(self, key: Key, before: Any, devices: Sequence[NvmlDevice]) -> None:
+    def _undo_all(self, key: Key, before: Any, devices: Sequence[GpuDevice]) -> None:
         gpu, name = key
         try:
             restore_setting(devices[gpu], name, before)

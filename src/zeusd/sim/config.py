@@ -12,6 +12,7 @@ from typing import Any
 
 import attrs
 
+from zeusd.gpu.amdsmi_errors import STATUS
 from zeusd.gpu.nvml_errors import ERROR_CODES
 
 #: Fault key (a JSON-RPC method without ``gpu.``) -> the NVML functions it makes fail.
@@ -37,6 +38,30 @@ FAULT_FUNCTIONS: Mapping[str, tuple[str, ...]] = types.MappingProxyType(
         ),
     }
 )
+
+#: The same for the simulated amdsmi (``--sim-vendor amd``): the amdsmi functions, with the
+#: clock type where one function serves both. A fault fails the function, so every method
+#: that calls it (reset_power_limit reads the default cap through amdsmi_get_power_cap_info).
+AMD_FAULT_FUNCTIONS: Mapping[str, tuple[str, ...]] = types.MappingProxyType(
+    {
+        "get_power_limit": ("amdsmi_get_power_cap_info",),
+        "get_power_limit_constraints": ("amdsmi_get_power_cap_info",),
+        "get_power": ("amdsmi_get_power_info",),
+        "get_cumulative_energy": ("amdsmi_get_energy_count",),
+        "get_supported_memory_clocks": ("amdsmi_get_clk_freq/MEM",),
+        "get_supported_graphics_clocks": ("amdsmi_get_clk_freq/GFX",),
+        "set_power_limit": ("amdsmi_set_power_cap",),
+        "reset_power_limit": ("amdsmi_set_power_cap",),
+        "set_gpu_locked_clocks": ("amdsmi_set_gpu_clk_range/GFX",),
+        "reset_gpu_locked_clocks": ("amdsmi_set_gpu_clk_range/GFX",),
+        "set_mem_locked_clocks": ("amdsmi_set_gpu_clk_range/MEM",),
+        "reset_mem_locked_clocks": ("amdsmi_set_gpu_clk_range/MEM",),
+        "reset_locked_clocks": ("amdsmi_set_gpu_clk_range/GFX", "amdsmi_set_gpu_clk_range/MEM"),
+    }
+)
+
+#: ``--sim-vendor`` values.
+VENDORS = ("nvidia", "amd")
 
 _UINT32_MAX = 2**32 - 1
 _LIMIT_KEYS = ("min_power_limit_mw", "default_power_limit_mw", "max_power_limit_mw")
@@ -68,18 +93,40 @@ class SimGpuSpec:
     graphics_clocks_mhz: tuple[int, ...] = tuple(range(1980, 209, -15))
 
 
+#: What a simulated AMD GPU reports unless its [[gpu]] table says otherwise: an MI300X.
+AMD_DEFAULT = SimGpuSpec(
+    name="AMD Instinct MI300X",
+    min_power_limit_mw=200_000,
+    max_power_limit_mw=750_000,
+    default_power_limit_mw=750_000,
+    memory_clocks_mhz=(1300, 1200, 1100, 900),
+    graphics_clocks_mhz=(2100, 1300, 500),
+)
+
+
+def fault_tables(vendor: str) -> tuple[Mapping[str, tuple[str, ...]], Mapping[str, object]]:
+    """The fault keys of *vendor*'s simulated library, and the error names it can fail with."""
+    if vendor == "amd":
+        return AMD_FAULT_FUNCTIONS, {n: c for n, (c, _) in STATUS.items() if c != 0}
+    return FAULT_FUNCTIONS, ERROR_CODES
+
+
 class SimConfigError(Exception):
     """The sim config file is unreadable or invalid; the message says where and why."""
 
 
-def default_sim_gpus(count: int) -> list[SimGpuSpec]:
-    """Return *count* default GPUs (used when no sim config file is given)."""
+def _base(vendor: str) -> SimGpuSpec:
+    return AMD_DEFAULT if vendor == "amd" else SimGpuSpec()
+
+
+def default_sim_gpus(count: int, vendor: str = "nvidia") -> list[SimGpuSpec]:
+    """Return *count* default GPUs of *vendor* (used when no sim config file is given)."""
     if count < 1:
         raise ValueError(f"need at least one simulated GPU, got {count}")
-    return [SimGpuSpec() for _ in range(count)]
+    return [_base(vendor) for _ in range(count)]
 
 
-def load_sim_config(path: str | os.PathLike[str]) -> list[SimGpuSpec]:
+def load_sim_config(path: str | os.PathLike[str], vendor: str = "nvidia") -> list[SimGpuSpec]:
     """Read and validate the TOML sim config at *path*."""
     source = os.fspath(path)
     try:
@@ -89,11 +136,13 @@ def load_sim_config(path: str | os.PathLike[str]) -> list[SimGpuSpec]:
         raise SimConfigError(f"sim config {source}: cannot read file: {e.strerror or e}") from e
     except UnicodeDecodeError as e:
         raise SimConfigError(f"sim config {source}: not valid UTF-8: {e}") from e
-    return parse_sim_config(text, source)
+    return parse_sim_config(text, source, vendor)
 
 
-def parse_sim_config(text: str, source: str = "<string>") -> list[SimGpuSpec]:
-    """Validate TOML *text*; *source* names it in error messages."""
+def parse_sim_config(
+    text: str, source: str = "<string>", vendor: str = "nvidia"
+) -> list[SimGpuSpec]:
+    """Validate TOML *text* describing GPUs of *vendor*; *source* names it in errors."""
     where = f"sim config {source}"
     try:
         doc = tomllib.loads(text)
@@ -110,10 +159,10 @@ def parse_sim_config(text: str, source: str = "<string>") -> list[SimGpuSpec]:
         raise SimConfigError(f"{where}: no [[gpu]] table; describe at least one GPU")
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise SimConfigError(f"{where}: 'gpu' must be an array of tables, written [[gpu]]")
-    return [_parse_gpu(t, f"{where}, [[gpu]] #{i}") for i, t in enumerate(tables, 1)]
+    return [_parse_gpu(t, f"{where}, [[gpu]] #{i}", vendor) for i, t in enumerate(tables, 1)]
 
 
-def _parse_gpu(table: dict[str, Any], where: str) -> SimGpuSpec:
+def _parse_gpu(table: dict[str, Any], where: str, vendor: str) -> SimGpuSpec:
     for key in table:
         if key not in _TOML_KEYS:
             raise SimConfigError(f"{where}: unknown key {key!r} (allowed: {', '.join(_TOML_KEYS)})")
@@ -134,8 +183,8 @@ def _parse_gpu(table: dict[str, Any], where: str) -> SimGpuSpec:
     if "latency_ms" in table:
         kwargs["latency_ms"] = _latency(table["latency_ms"], where)
     if "faults" in table:
-        kwargs["faults"] = _faults(table["faults"], where)
-    spec = SimGpuSpec(**kwargs)
+        kwargs["faults"] = _faults(table["faults"], where, vendor)
+    spec = attrs.evolve(_base(vendor), **kwargs)
     # Checked on the final spec so a key left at its default takes part too.
     limits = [(key, getattr(spec, key)) for key in _LIMIT_KEYS]
     for (low_key, low), (high_key, high) in itertools.pairwise(limits):
@@ -166,18 +215,20 @@ def _latency(value: object, where: str) -> float:
     return value
 
 
-def _faults(value: object, where: str) -> dict[str, str]:
+def _faults(value: object, where: str, vendor: str) -> dict[str, str]:
     if not isinstance(value, dict):
         raise SimConfigError(f"{where}: 'faults' must be a table, written [gpu.faults]")
+    functions, errors = fault_tables(vendor)
+    example = "AMDSMI_STATUS_NO_PERM" if vendor == "amd" else "NVML_ERROR_NO_PERMISSION"
+    library = "amdsmi status" if vendor == "amd" else "NVML error"
     for key, error in value.items():
-        if key not in FAULT_FUNCTIONS:
+        if key not in functions:
             raise SimConfigError(
-                f"{where}: unknown fault key 'faults.{key}' "
-                f"(known: {', '.join(sorted(FAULT_FUNCTIONS))})"
+                f"{where}: unknown fault key 'faults.{key}' (known: {', '.join(sorted(functions))})"
             )
-        if not isinstance(error, str) or error not in ERROR_CODES:
+        if not isinstance(error, str) or error not in errors:
             raise SimConfigError(
-                f"{where}: 'faults.{key}' must name an NVML error such as "
-                f"'NVML_ERROR_NO_PERMISSION' (got {error!r})"
+                f"{where}: 'faults.{key}' must name an {library} such as "
+                f"'{example}' (got {error!r})"
             )
     return dict(value)

@@ -7,7 +7,6 @@ namesake, returns the same types and fails with the real ``pynvml.NVMLError`` su
 from __future__ import annotations
 
 import ctypes
-import math
 import threading
 import time
 import uuid
@@ -18,10 +17,9 @@ import pynvml
 
 from zeusd.gpu.nvml_errors import ERROR_CODES
 from zeusd.sim.config import FAULT_FUNCTIONS, SimGpuSpec
+from zeusd.sim.power import mean_power_mw
 from zeusd.sim.state import SimStateFile
 
-_IDLE_MW = 70_000.0
-_LOAD_PERIOD_S = 20.0
 # H100 SXM5 80GB: device 0x2330 from vendor 0x10DE, as NVML packs them.
 _PCI_DEVICE_ID = 0x233010DE
 _PCI_SUBSYSTEM_ID = 0x16C110DE
@@ -94,18 +92,8 @@ class SimDevice:
         return min(matches)[1] if matches else None
 
     def power_mw(self, t0: float, t1: float) -> float:
-        """Mean draw over [t0, t1] under the current limit (t0 == t1: the draw at that instant).
-
-        Load swings between 55% and 95% of the headroom above idle, so the draw stays below
-        the limit and scales with it. The mean of the sine is in closed form, which keeps the
-        energy integral exact however the reads are spaced.
-        """
-        half = math.pi * (t1 - t0) / _LOAD_PERIOD_S
-        sinc = math.sin(half) / half if half else 1.0
-        phase = math.pi * (t0 + t1) / _LOAD_PERIOD_S + self.index
-        load = 0.75 + 0.2 * math.sin(phase) * sinc
-        limit = self.power_limit_mw
-        return min(limit, _IDLE_MW + max(0.0, limit - _IDLE_MW) * load)
+        """Mean draw over [t0, t1] under the current limit (see :mod:`zeusd.sim.power`)."""
+        return mean_power_mw(self.index, self.power_limit_mw, t0, t1)
 
     def energy_mj(self, now: float) -> int:
         """Integrate the draw up to *now* and return the counter; call with ``lock`` held."""

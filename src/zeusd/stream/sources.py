@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import outcome
 
 from zeusd.cpu.rapl import RaplCpu, power_mw
-from zeusd.gpu.backend import NvmlDevice
+from zeusd.gpu.device import GpuDevice
 from zeusd.gpu.lanes import GpuLanes, Job, LaneClosedError
 
 
@@ -23,7 +23,7 @@ class GpuPowerSource:
 
     kind = "GPU"
 
-    def __init__(self, devices: Sequence[NvmlDevice], lanes: GpuLanes) -> None:
+    def __init__(self, devices: Sequence[GpuDevice], lanes: GpuLanes) -> None:
         self._devices = devices
         self._lanes = lanes
 
