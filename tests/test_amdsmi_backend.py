@@ -142,8 +142,10 @@ def test_locked_clocks_set_a_range_and_reset_to_the_full_one() -> None:
     device.set_gpu_locked_clocks(900, 1800)
     device.set_mem_locked_clocks(1100, 1200)
     assert gpu.clk_range == {"GFX": (900, 1800), "MEM": (1100, 1200)}
+    assert device.get_locked_clocks() == ((900, 1800), (1100, 1200))
     device.reset_gpu_locked_clocks()
     assert gpu.clk_range["GFX"] == (500, 2100)
+    assert device.get_locked_clocks() == (None, (1100, 1200))
     device.set_gpu_locked_clocks(600, 700)
     device.reset_locked_clocks()
     assert gpu.clk_range == {"GFX": (500, 2100), "MEM": (900, 1300)}

@@ -243,6 +243,7 @@ commands = [["{record}", "{log}", "spm", "{{gpu_id}}", "{{enabled}}"]]
     assert device.get_power_limit() == 700_000
     device.set_gpu_locked_clocks(900, 1200)  # not overridden: the library does it
     assert sim.devices[1].gpu_locked_clocks == (900, 1200)
+    assert device.get_locked_clocks() == ((900, 1200), None)
     assert backend.name == "sim"
     assert backend.infos == NvmlBackend.open(SimNvml(default_sim_gpus(2)), name="x").infos
 

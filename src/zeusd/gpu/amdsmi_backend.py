@@ -58,6 +58,8 @@ class AmdsmiDevice:
         self._handle = handle
         #: The full clock ranges (MHz) found at start-up: what a reset puts back.
         self._ranges: dict[str, tuple[int, int]] = {}
+        #: The ranges locked through this object and not reset since, as requested.
+        self._locked: dict[str, tuple[int, int] | None] = {"GFX": None, "MEM": None}
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -125,6 +127,7 @@ class AmdsmiDevice:
     def _set_range(self, kind: str, min_mhz: int, max_mhz: int) -> None:
         clk_type = getattr(self._amdsmi.AmdSmiClkType, kind)
         self._call(self._amdsmi.amdsmi_set_gpu_clk_range, min_mhz, max_mhz, clk_type)
+        self._locked[kind] = (min_mhz, max_mhz)
 
     def _reset_range(self, kind: str) -> None:
         full = self._ranges.get(kind)
@@ -134,6 +137,7 @@ class AmdsmiDevice:
                 f"the {kind} clock range could not be read at start-up, so it cannot be reset",
             )
         self._set_range(kind, *full)
+        self._locked[kind] = None
 
     def set_gpu_locked_clocks(self, min_mhz: int, max_mhz: int) -> None:
         self._set_range("GFX", min_mhz, max_mhz)
@@ -146,6 +150,10 @@ class AmdsmiDevice:
 
     def reset_mem_locked_clocks(self) -> None:
         self._reset_range("MEM")
+
+    def get_locked_clocks(self) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+        """(graphics, memory) ranges locked through this daemon and not reset since."""
+        return self._locked["GFX"], self._locked["MEM"]
 
     def reset_locked_clocks(self) -> None:
         reset_both_clocks(self.reset_gpu_locked_clocks, self.reset_mem_locked_clocks)

@@ -158,6 +158,9 @@ class OverriddenDevice:
     def __init__(self, inner: GpuDevice, overrides: Mapping[str, Override]) -> None:
         self._inner = inner
         self._overrides = overrides
+        # Commands cannot be asked what they locked: the locks set through this object.
+        self._gpu_locked: tuple[int, int] | None = None
+        self._mem_locked: tuple[int, int] | None = None
 
     @property
     def index(self) -> int:
@@ -193,22 +196,31 @@ class OverriddenDevice:
     def set_gpu_locked_clocks(self, min_mhz: int, max_mhz: int) -> None:
         if not self._run("set_gpu_locked_clocks", min_clock_mhz=min_mhz, max_clock_mhz=max_mhz):
             self._inner.set_gpu_locked_clocks(min_mhz, max_mhz)
+        self._gpu_locked = (min_mhz, max_mhz)
 
     def reset_gpu_locked_clocks(self) -> None:
         if not self._run("reset_gpu_locked_clocks"):
             self._inner.reset_gpu_locked_clocks()
+        self._gpu_locked = None
 
     def set_mem_locked_clocks(self, min_mhz: int, max_mhz: int) -> None:
         if not self._run("set_mem_locked_clocks", min_clock_mhz=min_mhz, max_clock_mhz=max_mhz):
             self._inner.set_mem_locked_clocks(min_mhz, max_mhz)
+        self._mem_locked = (min_mhz, max_mhz)
 
     def reset_mem_locked_clocks(self) -> None:
         if not self._run("reset_mem_locked_clocks"):
             self._inner.reset_mem_locked_clocks()
+        self._mem_locked = None
 
     def reset_locked_clocks(self) -> None:
         if not self._run("reset_locked_clocks"):
             reset_both_clocks(self.reset_gpu_locked_clocks, self.reset_mem_locked_clocks)
+        self._gpu_locked = self._mem_locked = None
+
+    def get_locked_clocks(self) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+        """(graphics, memory) locks set through this daemon and not reset since."""
+        return self._gpu_locked, self._mem_locked
 
     # -- reads: always the library -------------------------------------------------------
 
