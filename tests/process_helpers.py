@@ -143,9 +143,14 @@ class DaemonProcess:
     """A running ``zeusd``; its stderr is collected by a thread so the pipe never fills."""
 
     def __init__(
-        self, args: Sequence[str], socket_path: str | None, prefix: Sequence[str] = ()
+        self,
+        args: Sequence[str],
+        socket_path: str | None,
+        prefix: Sequence[str] = (),
+        *,
+        program: Sequence[str] = (ZEUSD,),
     ) -> None:
-        self.args = [*prefix, ZEUSD, *with_state_dir(args)]
+        self.args = [*prefix, *program, *with_state_dir(args)]
         self.socket_path = socket_path
         self.proc = subprocess.Popen(
             self.args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
