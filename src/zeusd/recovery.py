@@ -6,14 +6,15 @@ from __future__ import annotations
 import logging
 
 from zeusd.core.audit import record_start_restore
-from zeusd.gpu.backend import NvmlBackend, NvmlCallError
+from zeusd.gpu.backend import NvmlCallError
+from zeusd.gpu.device import GpuBackend
 from zeusd.gpu.ledger import from_record_value, restore_setting
 from zeusd.gpu.records import Record, RecordStore, boot_id
 
 log = logging.getLogger(__name__)
 
 
-def recover(store: RecordStore, backend: NvmlBackend) -> None:
+def recover(store: RecordStore, backend: GpuBackend) -> None:
     """Restore what is marked to be restored, keep the rest; leave no record behind but
     those that could not be acted on (moved aside). Blocks (NVML): run it in a thread."""
     records = store.load()
@@ -41,7 +42,7 @@ def recover(store: RecordStore, backend: NvmlBackend) -> None:
         _act(store, backend, uuids.index(record.uuid), record)
 
 
-def _act(store: RecordStore, backend: NvmlBackend, gpu: int, record: Record) -> None:
+def _act(store: RecordStore, backend: GpuBackend, gpu: int, record: Record) -> None:
     if not record.restore:
         log.info(
             "GPU %d: %s kept as %s left it (%s)",
