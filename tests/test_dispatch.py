@@ -25,8 +25,8 @@ class RecordingLanes:
     def __init__(self) -> None:
         self.submitted: list[int] = []
 
-    def submit(self, gpu: int, fn: Any) -> Any:
-        self.submitted.append(gpu)
+    def submit(self, work: Any, **kwargs: Any) -> Any:
+        self.submitted.extend(gpu for gpu, _ in work)
         raise AssertionError("these tests must not reach a GPU")
 
 

@@ -33,7 +33,7 @@ class FakeSource:
 
     def submit(self, device: int) -> Job:
         n = self.reads[device] = self.reads.get(device, 0) + 1
-        job = Job(lambda: None)
+        job = Job(0, lambda: None)
         value = self.behaviour(device, n)
         if value == "hang":
             self.held[device] = job  # finished later by the test, or never

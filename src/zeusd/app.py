@@ -131,10 +131,15 @@ def open_state_dir(config: Config) -> RecordStore | None:
         os.close(parent_fd)
 
 
-def _restore_all(context: Context) -> None:
-    jobs = context.ledger.restore_all(context.lanes, context.devices)
-    if jobs:
-        log.info("restoring %d GPU setting(s) changed since start-up", len(jobs))
+def _queue_exit_restores(context: Context, everything: bool, sessions: list[Session]) -> None:
+    """At shutdown: close the open sessions' changes on every GPU (restoring those that
+    asked for it), or with --restore-on-exit put back everything changed since start-up."""
+    context.ledger.queue_exit_restores(
+        context.lanes,
+        context.devices,
+        [(s.id, s.restore_on_close) for s in sessions],
+        everything=everything,
+    )
 
 
 def trio_wall_clock() -> Callable[[], float]:
@@ -194,7 +199,12 @@ async def _serve(
         # A site command may take up to its timeout_s in its GPU's lane thread: with a
         # thread for every GPU, one that hangs can never keep another GPU waiting.
         workers = max(workers, len(backend.devices))
-    lanes = GpuLanes(len(backend.devices), trio.CapacityLimiter(workers))
+    lanes = GpuLanes(
+        len(backend.devices),
+        trio.CapacityLimiter(workers),
+        max_queued=config.max_queued_per_gpu,
+        max_queued_per_owner=config.max_queued_per_client,
+    )
     cpu_table = CpuTable(cpus)
     # One budget for both hubs: --max-subscriptions counts GPU and CPU subscriptions.
     budget = SubscriptionBudget(config.max_subscriptions)
@@ -260,8 +270,8 @@ async def _serve(
         client_timeout=config.client_timeout,
         auth_timeout=config.auth_timeout if context.policy.requires_token(mode) else None,
         on_session_closed=lambda session: _session_closed(context, session),
-        before_lanes_close=(
-            (lambda: _restore_all(context)) if config.restore_on_exit else _nothing
+        before_lanes_close=lambda sessions: _queue_exit_restores(
+            context, config.restore_on_exit, sessions
         ),
     )
     try:

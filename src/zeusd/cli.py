@@ -21,6 +21,8 @@ from zeusd.config import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_LINE_BYTES,
+    DEFAULT_MAX_QUEUED_PER_CLIENT,
+    DEFAULT_MAX_QUEUED_PER_GPU,
     DEFAULT_MAX_SUBSCRIPTIONS,
     DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION,
     DEFAULT_RAPL_ROOT,
@@ -261,6 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="power subscriptions one connection may hold at once (%(default)s)",
     )
     trust.add_argument(
+        "--max-queued-per-gpu",
+        type=_positive,
+        default=DEFAULT_MAX_QUEUED_PER_GPU,
+        help="most requests queued on one GPU, all connections together (%(default)s)",
+    )
+    trust.add_argument(
+        "--max-queued-per-client",
+        type=_positive,
+        default=DEFAULT_MAX_QUEUED_PER_CLIENT,
+        help="most requests one connection may have queued on one GPU (%(default)s)",
+    )
+    trust.add_argument(
         "--client-timeout",
         type=_seconds,
         default=DEFAULT_CLIENT_TIMEOUT_S,
@@ -339,6 +353,8 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         max_connections=args.max_connections,
         max_in_flight=args.max_in_flight,
         max_batch=args.max_batch,
+        max_queued_per_gpu=args.max_queued_per_gpu,
+        max_queued_per_client=args.max_queued_per_client,
         client_timeout=args.client_timeout,
         max_subscriptions=args.max_subscriptions,
         max_subscriptions_per_connection=args.max_subscriptions_per_connection,

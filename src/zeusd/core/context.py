@@ -4,20 +4,18 @@ hubs and the daemon's facts."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Generator, Hashable, Sequence
+from typing import Any, cast
 
 import attrs
-import trio
-from outcome import Outcome
 
 from zeusd.core.cpus import CpuTable
-from zeusd.core.errors import DEVICE_FAILURES, DeviceError, failure_detail
+from zeusd.core.errors import DEVICE_FAILURES, DeviceError, InvalidParamsError, failure_detail
 from zeusd.core.gpu_commands import GpuCommand, GpuTable
 from zeusd.core.policy import Policy
 from zeusd.core.session import Session
 from zeusd.gpu.device import GpuDevice
-from zeusd.gpu.lanes import GpuLanes, Job, LaneClosedError
+from zeusd.gpu.lanes import GpuLanes, Job, LaneClosedError, LaneFullError
 from zeusd.gpu.ledger import SettingsLedger
 from zeusd.stream.hub import PowerHub
 
@@ -48,20 +46,28 @@ class Context:
 
         Queuing happens before this returns, so the order in which lines were read is the
         order in which each GPU sees them. A write made for *session* is recorded in the
-        ledger, so that it can be undone.
+        ledger, so that it can be undone. Raises InvalidParamsError when a lane is full.
         """
+        settings = getattr(command, "settings", ())
         try:
-            jobs = [
-                (gpu.index, self.lanes.submit(gpu.index, self._bind(command, gpu.index, session)))
-                for gpu in command.gpus
-            ]
+            jobs = self.lanes.submit(
+                [(gpu.index, self._bind(command, gpu.index, session)) for gpu in command.gpus],
+                # Reads of one kind queued back to back on a GPU may share one driver call.
+                key=None if settings else share_key(command),
+                owner=None if session is None else session.id,
+            )
+        except LaneFullError as exc:
+            flag = "--max-queued-per-client" if exc.per_owner else "--max-queued-per-gpu"
+            raise InvalidParamsError(
+                "gpu_ids", f"{exc} ({flag} {exc.limit}); wait for replies before sending more"
+            ) from None
         except LaneClosedError as exc:
             # The lanes close together, at shutdown: nothing of this command was queued.
             detail = failure_detail(exc) or {}
             raise DeviceError(
                 succeeded=[], errors={g.index: detail for g in command.gpus}
             ) from None
-        return _collect(self.lanes, command, jobs)
+        return _Pending(command, jobs)
 
     def _bind(self, command: GpuCommand, gpu: int, session: Session | None) -> Any:
         device = self.devices[gpu]
@@ -83,26 +89,37 @@ class Context:
         )
 
 
-async def _collect(lanes: GpuLanes, command: GpuCommand, jobs: list[tuple[int, Job]]) -> Any:
-    outcomes: dict[int, Outcome[Any]] = {}
+def share_key(command: GpuCommand) -> Hashable:
+    """Equal for two reads that make the same driver call on a GPU: class and params."""
+    instance = cast(attrs.AttrsInstance, command)  # every command is an attrs class
+    params = attrs.asdict(instance, recurse=False, filter=lambda a, _: a.name != "gpus")
+    return (type(command), *params.values())
 
-    async def wait(gpu: int, job: Job) -> None:
-        outcomes[gpu] = await lanes.wait(gpu, job)
 
-    if len(jobs) == 1:
-        await wait(*jobs[0])
-    else:
-        # Waiting runs a lane when it is idle, so the GPUs must be waited on concurrently.
-        async with trio.open_nursery() as nursery:
-            for gpu, job in jobs:
-                nursery.start_soon(wait, gpu, job)
+class _Pending:
+    """A submitted command's result, to await. A plain object, not a coroutine: one that is
+    never awaited (its request abandoned at a stop) leaves no "never awaited" warning."""
+
+    __slots__ = ("command", "jobs")
+
+    def __init__(self, command: GpuCommand, jobs: list[Job]) -> None:
+        self.command, self.jobs = command, jobs
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return _collect(self.command, self.jobs).__await__()
+
+
+async def _collect(command: GpuCommand, jobs: list[Job]) -> Any:
+    # The lanes run on their own; waiting here only waits, so the order does not matter.
+    # A finished job is taken as is: no scheduler round each (a batch of 256 reads).
+    outcomes = [job.result or await job.wait() for job in jobs]
     values: dict[int, Any] = {}
     errors: dict[int, dict[str, str]] = {}
-    for gpu, _ in jobs:
+    for job, result in zip(jobs, outcomes, strict=True):
         try:
-            values[gpu] = outcomes[gpu].unwrap()
+            values[job.gpu] = result.unwrap()
         except DEVICE_FAILURES as exc:
-            errors[gpu] = failure_detail(exc) or {}
+            errors[job.gpu] = failure_detail(exc) or {}
     if errors:
         raise DeviceError(succeeded=list(values), errors=errors)
     return command.result(values)

@@ -6,16 +6,14 @@ import logging
 from collections.abc import Awaitable
 from typing import Any
 
-import trio
-
 from zeusd import tokens
 from zeusd.core.access import allowed_groups
 from zeusd.core.context import Context
-from zeusd.core.errors import AuthRequiredError, InvalidParamsError
+from zeusd.core.errors import AuthRequiredError, DeviceError, InvalidParamsError, failure_detail
 from zeusd.core.params import show
 from zeusd.core.session import Session
 from zeusd.core.spec import NULLABLE_INT, STRINGS, MethodSpec, Param, object_schema
-from zeusd.gpu.lanes import Job
+from zeusd.gpu.lanes import Job, LaneClosedError, LaneFullError
 from zeusd.logfmt import clip
 
 log = logging.getLogger(__name__)
@@ -68,7 +66,12 @@ def _set_restore_on_close(
         )
     session.restore_on_close = enabled
     # Changes already made are marked too, on disk as well, before the reply.
-    jobs = ctx.ledger.set_restore(session.id, enabled, ctx.lanes)
+    try:
+        jobs = ctx.ledger.set_restore(session.id, enabled, ctx.lanes)
+    except LaneClosedError as exc:
+        raise DeviceError(succeeded=[], errors={0: failure_detail(exc) or {}}) from None
+    except LaneFullError as exc:
+        raise InvalidParamsError("enabled", f"{exc} (--max-queued-per-gpu {exc.limit})") from None
     if not jobs:
         return {"restore_on_close": enabled}
     return _after(ctx, jobs, {"restore_on_close": enabled})
@@ -77,10 +80,8 @@ def _set_restore_on_close(
 async def _after(
     ctx: Context, jobs: list[tuple[int, Job]], result: dict[str, Any]
 ) -> dict[str, Any]:
-    # A lane runs while someone waits on it, so every GPU is waited on at once.
-    async with trio.open_nursery() as nursery:
-        for gpu, job in jobs:
-            nursery.start_soon(ctx.lanes.wait, gpu, job)
+    for _, job in jobs:  # the lanes run on their own: waiting in turn costs nothing
+        await job.wait()
     return result
 
 

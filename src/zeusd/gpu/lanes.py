@@ -1,220 +1,268 @@
 """Per-GPU work lanes: blocking NVML calls run one at a time per GPU, in submission order.
 
-``submit`` is synchronous on purpose: the dispatcher calls it while handling the line it has
-just read, before any checkpoint, so jobs enter each lane in the order requests were read,
-across all connections.
-
-A lane runs its jobs in a worker thread obtained with ``trio.to_thread.run_sync`` under the
-daemon's CapacityLimiter. Rather than one thread hop per call, the worker stays on the lane
-while work keeps coming: it takes jobs from a thread-safe queue in order, hands each outcome
-back the moment it is known (``TrioToken.run_sync_soon``), and returns its thread once the
-lane has been idle for LINGER_S, or after a SLICE_S turn when other lanes are waiting for a
-thread. A GPU
-whose driver call hangs ties up one worker thread and its own lane, and nothing else.
+``submit`` is synchronous: the dispatcher calls it while handling the line it has just read,
+so jobs enter each lane in the order requests were read, across all connections. Submitting
+is also what makes work run: worker threads (as many as the CapacityLimiter lends, started
+by ``submit``) serve the lanes that have jobs, one job at a time, taking turns; waiting for a
+job only waits. A worker is not tied to a lane, and lingers LINGER_S for more work before
+giving its thread back. A lane has one worker at a time, so a GPU whose call hangs holds
+one thread and its own lane, nothing else. Reads queued back to back with the same ``key``
+share one driver call. A lane holds at most ``max_queued`` jobs, ``max_queued_per_owner``
+of one owner (a connection).
 """
 
 from __future__ import annotations
 
-import math
-import queue
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import outcome
 import trio
 
-#: How long an idle worker waits for the lane's next job before giving its thread back.
+#: How long an idle worker waits for more work before giving its thread back.
 LINGER_S = 0.002
-#: How long a busy worker keeps its thread once another lane is waiting for one.
-SLICE_S = 0.001
+DEFAULT_MAX_QUEUED = 65536
+DEFAULT_MAX_QUEUED_PER_OWNER = 1024
 
 
 class LaneClosedError(Exception):
     """The daemon stopped before this job could run."""
 
 
+class LaneFullError(Exception):
+    """A lane holds as many jobs as it may (in all, or of this owner)."""
+
+    def __init__(self, gpu: int, limit: int, *, per_owner: bool) -> None:
+        whose = "of this connection " if per_owner else ""
+        super().__init__(f"GPU {gpu} has {limit} requests {whose}queued, the most allowed")
+        self.gpu, self.limit, self.per_owner = gpu, limit, per_owner
+
+
 class Job:
     """A blocking call queued on one GPU's lane, and its eventual outcome."""
 
-    __slots__ = ("_done", "_wake", "fn", "result")
+    __slots__ = ("_done", "fn", "gpu", "key", "on_abandon", "owner", "result")
 
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self.fn = fn
+    def __init__(
+        self,
+        gpu: int,
+        fn: Callable[[], Any],
+        key: Hashable | None = None,
+        owner: Hashable | None = None,
+        on_abandon: Callable[[], None] | None = None,
+    ) -> None:
+        self.gpu, self.fn, self.key, self.owner = gpu, fn, key, owner
+        self.on_abandon = on_abandon  # called (in trio) if the daemon stops without running it
         self.result: outcome.Outcome[Any] | None = None
-        # Set when the result is in, or when this job's owner must start a worker.
-        self._wake = trio.Event()
-        # Made only for watch(), which most jobs never need.
-        self._done: trio.Event | None = None
+        self._done = trio.Event()
 
     def finish(self, result: outcome.Outcome[Any]) -> None:
         if self.result is None:  # an abandoned worker may report after the daemon gave up
             self.result = result
-            self._wake.set()
-            if self._done is not None:
-                self._done.set()
+            self._done.set()
 
-    async def watch(self) -> outcome.Outcome[Any]:
-        """Wait for the outcome without driving the lane (for detached jobs)."""
-        if self.result is None:
-            if self._done is None:
-                self._done = trio.Event()
-            await self._done.wait()
+    async def wait(self) -> outcome.Outcome[Any]:
+        """The job's outcome, once it has one. Cancelling this wait leaves the job queued."""
+        await self._done.wait()
         assert self.result is not None
         return self.result
 
 
-class _Demand:
-    """How many lanes wait for a worker thread; read by workers to know when to step aside.
-
-    Kept here rather than read from the CapacityLimiter, whose statistics are not safe to
-    take from another thread.
-    """
+class _Lane:
+    __slots__ = ("jobs", "owners", "queued", "running", "served")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.waiting = 0
-
-    def ask(self) -> list[bool]:
-        """A lane asks for a thread; returns the ticket to pass to got() or gave_up()."""
-        with self._lock:
-            self.waiting += 1
-        return [False]
-
-    def got(self, ticket: list[bool]) -> None:
-        with self._lock:
-            if not ticket[0]:
-                ticket[0] = True
-                self.waiting -= 1
-
-    gave_up = got
-
-
-class GpuLane:
-    """One GPU's FIFO of jobs; see the module docstring for who runs them."""
-
-    def __init__(self, limiter: trio.CapacityLimiter, demand: _Demand) -> None:
-        self._limiter = limiter
-        self._demand = demand
-        self._inbox: queue.SimpleQueue[Job] = queue.SimpleQueue()
-        #: Jobs submitted and not finished, oldest first (trio side only).
-        self._pending: deque[Job] = deque()
-        self._worker = False
-        self._closed = False
-        self._abandoned = False
-        #: Where worker tasks run (set by GpuLanes.run); None: the waiting task hosts one.
-        self.nursery: trio.Nursery | None = None
-
-    def submit(self, fn: Callable[[], Any]) -> Job:
-        if self._closed:
-            raise LaneClosedError("the daemon is shutting down")
-        job = Job(fn)
-        self._pending.append(job)
-        self._inbox.put(job)
-        return job
-
-    def close(self) -> None:
-        self._closed = True
-
-    def _finished(self, job: Job, result: outcome.Outcome[Any]) -> None:
-        job.finish(result)
-        if self._pending and self._pending[0] is job:
-            self._pending.popleft()
-
-    async def wait(self, job: Job) -> outcome.Outcome[Any]:
-        """Return *job*'s outcome, starting the lane's worker if nobody has."""
-        while job.result is None:
-            if not self._worker and self._pending and self._pending[0] is job:
-                # _worker is set before any checkpoint, so only one worker starts.
-                self._worker = True
-                if self.nursery is None:
-                    await self._work()
-                    continue
-                # The worker lingers after this job; this task must not wait for that.
-                self.nursery.start_soon(self._work)
-            if job._wake.is_set():
-                job._wake = trio.Event()
-            await job._wake.wait()
-        return job.result
-
-    async def _work(self) -> None:
-        token = trio.lowlevel.current_trio_token()
-        demand, inbox = self._demand, self._inbox
-        ticket = demand.ask()
-
-        def serve() -> None:
-            demand.got(ticket)
-            turn_ends = math.inf
-            while not self._abandoned:
-                try:
-                    job = inbox.get(timeout=LINGER_S)
-                except queue.Empty:
-                    return
-                token.run_sync_soon(self._finished, job, outcome.capture(job.fn))
-                if demand.waiting:
-                    # Another lane waits for a thread: take turns, but in slices, so a
-                    # backlog still shares hops instead of paying one per call.
-                    now = time.monotonic()
-                    turn_ends = min(turn_ends, now + SLICE_S)
-                    if now >= turn_ends:
-                        return
-
-        try:
-            # abandon_on_cancel: at a forced shutdown, a call stuck in the driver must not
-            # keep the daemon from exiting.
-            await trio.to_thread.run_sync(serve, limiter=self._limiter, abandon_on_cancel=True)
-        except trio.Cancelled:
-            self._abandoned = True
-            demand.gave_up(ticket)
-            for job in self._pending:
-                job.finish(outcome.Error(LaneClosedError("the daemon stopped")))
-            raise
-        finally:
-            self._worker = False
-        if self._pending:
-            self._pending[0]._wake.set()  # came in as the worker left: its owner takes over
+        self.jobs: deque[Job] = deque()  # not started; guarded by GpuLanes._cond
+        self.running: list[Job] = []  # the call under way, and who shares it
+        self.served = False  # a worker holds this lane now
+        self.queued = 0  # unfinished jobs (trio side only), and per owner:
+        self.owners: Counter[Hashable] = Counter()
 
 
 class GpuLanes:
-    """One lane per GPU index, all sharing one CapacityLimiter."""
+    """One lane per GPU index, served by worker threads under one CapacityLimiter."""
 
-    def __init__(self, gpu_count: int, limiter: trio.CapacityLimiter) -> None:
-        demand = _Demand()
-        self._lanes: Sequence[GpuLane] = [GpuLane(limiter, demand) for _ in range(gpu_count)]
-        self._closed = trio.Event()
+    def __init__(
+        self,
+        gpu_count: int,
+        limiter: trio.CapacityLimiter,
+        *,
+        max_queued: int = DEFAULT_MAX_QUEUED,
+        max_queued_per_owner: int = DEFAULT_MAX_QUEUED_PER_OWNER,
+    ) -> None:
+        self._limiter = limiter
+        self._max_queued, self._max_per_owner = max_queued, max_queued_per_owner
+        self._lanes: Sequence[_Lane] = [_Lane() for _ in range(gpu_count)]
+        self._cond = threading.Condition()
+        # Guarded by _cond: lanes with jobs and no worker, oldest first; workers by state.
+        self._ready: deque[_Lane] = deque()
+        self._idle = self._starting = self._threads = 0
+        self._closed = self._abandoned = False
+        self._nursery: trio.Nursery | None = None
+        self._stop = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Host the lanes' worker tasks until close(); then let the running ones finish."""
+        """Host the workers; after close(), return once everything queued has run."""
+        self._token = trio.lowlevel.current_trio_token()
         async with trio.open_nursery() as nursery:
-            for lane in self._lanes:
-                lane.nursery = nursery
+            self._nursery = nursery
             task_status.started()
-            await self._closed.wait()
+            try:
+                await self._stop.wait()
+            except trio.Cancelled:
+                self.abandon()  # cancelled from outside: nothing more can run
+                raise
 
-    def submit(self, gpu: int, fn: Callable[[], Any]) -> Job:
-        """Queue *fn* on GPU *gpu*'s lane; never blocks. Raises LaneClosedError after close()."""
-        return self._lanes[gpu].submit(fn)
+    def submit(
+        self,
+        work: Sequence[tuple[int, Callable[[], Any]]],
+        *,
+        key: Hashable | None = None,
+        owner: Hashable | None = None,
+        on_abandon: Callable[[], None] | None = None,
+    ) -> list[Job]:
+        """Queue each (gpu, fn) of *work* on its lane, all or none; never blocks.
 
-    async def wait(self, gpu: int, job: Job) -> outcome.Outcome[Any]:
-        return await self._lanes[gpu].wait(job)
-
-    def submit_detached(self, gpu: int, fn: Callable[[], Any]) -> Job:
-        """Queue *fn* with nobody to await it (e.g. a restore after its client left).
-
-        A lane only moves when someone waits on its head job, so a waiter task is started
-        for it here, in the nursery of run(), which outlives every connection.
+        Raises LaneClosedError once closed (or before run()), LaneFullError at a limit.
         """
-        lane = self._lanes[gpu]
-        if lane.nursery is None:
-            raise LaneClosedError("the lanes are not running")
-        job = lane.submit(fn)
-        lane.nursery.start_soon(lane.wait, job)
-        return job
+        if self._closed or self._nursery is None:
+            raise LaneClosedError("the daemon is stopping" if self._closed else "not running")
+        for gpu, _ in work:
+            lane = self._lanes[gpu]
+            if lane.queued >= self._max_queued:
+                raise LaneFullError(gpu, self._max_queued, per_owner=False)
+            if owner is not None and lane.owners[owner] >= self._max_per_owner:
+                raise LaneFullError(gpu, self._max_per_owner, per_owner=True)
+        jobs = [Job(gpu, fn, key, owner, on_abandon) for gpu, fn in work]
+        with self._cond:
+            for job in jobs:
+                lane = self._lanes[job.gpu]
+                lane.queued += 1
+                if owner is not None:
+                    lane.owners[owner] += 1
+                if not lane.jobs and not lane.served:
+                    self._ready.append(lane)
+                lane.jobs.append(job)
+            wanted = len(self._ready) - self._idle - self._starting
+            room = int(self._limiter.total_tokens) - self._threads - self._starting
+            start = max(0, min(wanted, room))
+            self._starting += start
+            if self._idle:
+                self._cond.notify(len(self._ready))
+        for _ in range(start):
+            self._nursery.start_soon(self._worker)
+        return jobs
 
     def close(self) -> None:
-        """Accept no more jobs; what is queued still runs."""
-        for lane in self._lanes:
-            lane.close()
-        self._closed.set()
+        """Accept no more jobs; what is queued still runs, then run() returns."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._stop.set()
+
+    def busy(self) -> list[int]:
+        """The GPUs with unfinished jobs."""
+        return [gpu for gpu, lane in enumerate(self._lanes) if lane.queued]
+
+    def abandon(self) -> list[Job]:
+        """Stop now: fail every unfinished job with LaneClosedError and return them.
+
+        A call stuck in the driver keeps its thread, but nobody waits for it any more.
+        """
+        with self._cond:
+            self._closed = self._abandoned = True
+            jobs = [job for lane in self._lanes for job in (*lane.running, *lane.jobs)]
+            for lane in self._lanes:
+                lane.jobs.clear()
+            self._cond.notify_all()
+        for job in jobs:
+            self._settle(job, outcome.Error(LaneClosedError("the daemon stopped before this ran")))
+            if job.on_abandon is not None:
+                job.on_abandon()
+        self._stop.set()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+        return jobs
+
+    # -- workers ---------------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        # abandon_on_cancel: at a forced stop, a call stuck in the driver must not keep the
+        # daemon from exiting.
+        await trio.to_thread.run_sync(self._serve, limiter=self._limiter, abandon_on_cancel=True)
+
+    def _serve(self) -> None:
+        lane: _Lane | None = None
+        batch: list[Job] = []
+        with self._cond:
+            self._starting -= 1
+            self._threads += 1
+        try:
+            while True:
+                with self._cond:
+                    if lane is not None:
+                        lane.running, lane.served = [], False
+                        if lane.jobs:
+                            self._ready.append(lane)  # behind the other ready lanes
+                    lane = self._claim()
+                    if lane is None:
+                        return
+                    batch = lane.running = _take(lane.jobs)
+                result = outcome.capture(batch[0].fn)
+                self._token.run_sync_soon(self._finished, batch, result)
+        except trio.RunFinishedError:
+            pass  # abandoned, and trio is gone: nobody is left to tell
+        finally:
+            with self._cond:
+                self._threads -= 1
+
+    def _claim(self) -> _Lane | None:
+        """The next ready lane, lingering for one up to LINGER_S (with _cond held)."""
+        deadline = time.monotonic() + LINGER_S
+        while not self._abandoned:
+            if self._ready:
+                lane = self._ready.popleft()
+                lane.served = True
+                return lane
+            left = deadline - time.monotonic()
+            if left <= 0 or self._closed:
+                return None
+            self._idle += 1
+            self._cond.wait(left)
+            self._idle -= 1
+        return None
+
+    def _finished(self, batch: list[Job], result: outcome.Outcome[Any]) -> None:
+        for job in batch:  # an outcome unwraps once: each sharer gets its own copy
+            self._settle(job, _copy(result) if len(batch) > 1 else result)
+
+    def _settle(self, job: Job, result: outcome.Outcome[Any]) -> None:
+        if job.result is not None:
+            return
+        lane = self._lanes[job.gpu]
+        lane.queued -= 1
+        if job.owner is not None:
+            lane.owners[job.owner] -= 1
+            if not lane.owners[job.owner]:
+                del lane.owners[job.owner]
+        job.finish(result)
+
+
+def _copy(result: outcome.Outcome[Any]) -> outcome.Outcome[Any]:
+    if isinstance(result, outcome.Value):
+        return outcome.Value(result.value)
+    assert isinstance(result, outcome.Error)
+    return outcome.Error(result.error)
+
+
+def _take(jobs: deque[Job]) -> list[Job]:
+    """The next job and the ones right behind it that can share its call."""
+    batch = [jobs.popleft()]
+    key = batch[0].key
+    if key is not None:
+        while jobs and jobs[0].key == key:
+            batch.append(jobs.popleft())
+    return batch

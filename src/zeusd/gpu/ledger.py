@@ -35,7 +35,7 @@ import attrs
 
 from zeusd.gpu.backend import NvmlCallError
 from zeusd.gpu.device import GpuDevice
-from zeusd.gpu.lanes import GpuLanes, Job, LaneClosedError
+from zeusd.gpu.lanes import GpuLanes, Job, LaneClosedError, LaneFullError
 from zeusd.gpu.records import Record, RecordStore, boot_id
 
 log = logging.getLogger(__name__)
@@ -216,7 +216,12 @@ class SettingsLedger:
         with self._lock:
             gpus = sorted(self._gpus_of.get(session, ()))
         return [
-            (gpu, lanes.submit(gpu, functools.partial(self._set_restore_on, session, gpu, enabled)))
+            (
+                gpu,
+                lanes.submit(
+                    [(gpu, functools.partial(self._set_restore_on, session, gpu, enabled))]
+                )[0],
+            )
             for gpu in gpus
         ]
 
@@ -237,24 +242,60 @@ class SettingsLedger:
         ]
         return [job for job in jobs if job is not None]
 
-    def restore_all(self, lanes: GpuLanes, devices: Sequence[GpuDevice]) -> list[Job]:
-        """Queue putting every setting changed through the daemon back to its first value."""
+    def queue_exit_restores(
+        self,
+        lanes: GpuLanes,
+        devices: Sequence[GpuDevice],
+        sessions: Sequence[tuple[int, bool]],
+        *,
+        everything: bool,
+    ) -> list[Job]:
+        """At shutdown, just before the lanes close: queue one job on every GPU that closes
+        the still-open *sessions* (id, restore-on-close) there, or with *everything* puts
+        every setting changed through the daemon back to its first value.
+
+        The job reads the ledger when it runs, so writes still queued ahead of it are
+        covered. A GPU that never gets to it (a hung call) has it abandoned: _abandoned.
+        """
         with self._lock:
-            everything = dict(self._daemon_before)
-        jobs = [
-            self._queue(
-                lanes, key[0], key[1], functools.partial(self._undo_all, key, before, devices)
+            for session, _ in sessions:
+                self._gpus_of.pop(session, None)  # closed here, not when the connection goes
+        jobs = []
+        for gpu in range(len(devices)):
+            if everything:
+                fn = functools.partial(self._undo_all_on, gpu, devices)
+            else:
+                fn = functools.partial(self._close_all_on, list(sessions), gpu, devices)
+            abandoned = functools.partial(self._abandoned, gpu)
+            try:
+                jobs += lanes.submit([(gpu, fn)], on_abandon=abandoned)
+            except (LaneClosedError, LaneFullError):
+                abandoned()
+        return jobs
+
+    def _abandoned(self, gpu: int) -> None:
+        """The daemon stops without having run GPU *gpu*'s exit restore.
+
+        With --state-dir its records stay on disk, and the next start restores from them.
+        """
+        with self._lock:
+            names = sorted({name for g, name in self._layers if g == gpu})
+            if self._restore_on_exit:
+                names = sorted({*names, *(name for g, name in self._daemon_before if g == gpu)})
+        if names:
+            log.error(
+                "GPU %d: restore at exit abandoned (its driver call did not finish): %s not"
+                " restored",
+                gpu,
+                ", ".join(names),
             )
-            for key, before in everything.items()
-        ]
-        return [job for job in jobs if job is not None]
 
     @staticmethod
     def _queue(lanes: GpuLanes, gpu: int, what: str, fn: Callable[[], None]) -> Job | None:
         try:
-            return lanes.submit_detached(gpu, fn)
-        except LaneClosedError:
-            log.warning("GPU %d: %s not restored: the daemon stopped first", gpu, what)
+            return lanes.submit([(gpu, fn)])[0]
+        except (LaneClosedError, LaneFullError) as exc:
+            log.warning("GPU %d: %s not restored: %s", gpu, what, exc)
             return None
 
     # -- in lane threads -----------------------------------------------------------------
@@ -335,6 +376,18 @@ class SettingsLedger:
                 top.session,
             )
         self._save_current([key])
+
+    def _close_all_on(
+        self, sessions: Sequence[tuple[int, bool]], gpu: int, devices: Sequence[GpuDevice]
+    ) -> None:
+        for session, restore in sessions:
+            self._close_on(session, restore, gpu, devices)
+
+    def _undo_all_on(self, gpu: int, devices: Sequence[GpuDevice]) -> None:
+        with self._lock:
+            everything = {k: v for k, v in self._daemon_before.items() if k[0] == gpu}
+        for key, before in everything.items():
+            self._undo_all(key, before, devices)
 
     def _undo_all(self, key: Key, before: Any, devices: Sequence[GpuDevice]) -> None:
         gpu, name = key

@@ -23,6 +23,7 @@ import math
 from collections.abc import Awaitable, Iterator, Mapping
 from typing import Any
 
+import trio
 from jsonrpcserver import Error, Result, Success
 from jsonrpcserver.dispatcher import to_response
 from jsonrpcserver.request import Request
@@ -212,8 +213,21 @@ class Dispatcher:
         return self._batch_message(members)  # type: ignore[arg-type]
 
     async def _await_batch(self, members: list[_Member]) -> Message | None:
-        # Every member's GPU work is already queued, so awaiting them in turn costs nothing.
-        done = [await m if inspect.isawaitable(m) else m for m in members]
+        # Every member's GPU work is queued and runs on its own: awaiting in turn costs nothing.
+        done: list[dict[str, Any] | None] = []
+        try:
+            for member in members:
+                done.append(await member if inspect.isawaitable(member) else member)
+        except trio.Cancelled:
+            # Cut off at a stop: the member being awaited logged itself; close the rest.
+            rest = [m for m in members[len(done) + 1 :] if inspect.iscoroutine(m)]
+            for member in rest:
+                _close_unstarted(member)
+            if rest:
+                log.warning(
+                    "%d more request(s) of a batch abandoned: the daemon stopped", len(rest)
+                )
+            raise
         return self._batch_message(done)
 
     @staticmethod
@@ -227,7 +241,22 @@ async def _finish(request: Request, pending: Awaitable[Any]) -> dict[str, Any] |
         value = await pending
     except ZeusdError as exc:
         return _respond(request, exc)
+    except trio.Cancelled:
+        log.warning(
+            "request %s (id %r) abandoned: the daemon stopped", clip(request.method), request.id
+        )
+        raise
     return _respond(request, value)
+
+
+def _close_unstarted(coroutine: Any) -> None:
+    """Close a coroutine that never ran, and the coroutines it was handed (its request's
+    work), so that none is reported as never awaited."""
+    frame = coroutine.cr_frame
+    inner = [v for v in (frame.f_locals.values() if frame else ()) if inspect.iscoroutine(v)]
+    coroutine.close()
+    for value in inner:
+        _close_unstarted(value)
 
 
 def _respond(request: Request, outcome: Any) -> dict[str, Any] | None:

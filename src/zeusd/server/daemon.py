@@ -20,10 +20,12 @@ from zeusd.server.ratelimit import RateLimitedReport
 
 log = logging.getLogger(__name__)
 
-#: How long in-flight requests get to finish after SIGTERM before they are cut off.
+#: How long queued GPU work (requests in flight, restores) gets after SIGTERM.
 DRAIN_GRACE_S = 10.0
 #: At most one log line per this many seconds about connections closed unauthenticated.
 REPORT_EVERY_S = 1.0
+#: After that, how long connections get to write the replies of what was abandoned.
+REPLY_GRACE_S = 1.0
 
 
 class Server:
@@ -41,7 +43,7 @@ class Server:
         client_timeout: float = 30.0,
         auth_timeout: float | None = None,
         on_session_closed: Callable[[Session], None] = lambda session: None,
-        before_lanes_close: Callable[[], None] = lambda: None,
+        before_lanes_close: Callable[[list[Session]], None] = lambda sessions: None,
     ) -> None:
         self._dispatcher = dispatcher
         self._transport = transport
@@ -61,12 +63,15 @@ class Server:
         self._stop = trio.Event()
         self._force = trio.Event()
         self._stopped = trio.Event()
+        self._all_closed = trio.Event()
+        self._grace = trio.CancelScope()
 
     def stop(self, *, force: bool = False) -> None:
         """Begin shutdown: stop accepting and reading; *force* also cuts in-flight work."""
         self._stop.set()
         if force:
             self._force.set()
+            self._grace.cancel()
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one client stream; never lets a client's failure escape."""
@@ -118,6 +123,8 @@ class Server:
             self._connections.discard(connection)
             if fd >= 0:
                 self._hangups.discard(fd, connection)
+            if not self._connections and self._stop.is_set():
+                self._all_closed.set()
             try:
                 self._on_session_closed(session)
             except Exception:
@@ -162,44 +169,67 @@ class Server:
         on_closed: Callable[[], None],
         task_status: trio.TaskStatus[None],
     ) -> None:
-        async with trio.open_nursery() as root:
-            async with trio.open_nursery() as work:
-                root.start_soon(self._watchdog, work.cancel_scope)
-                await work.start(self._lanes.run)
-                async with trio.open_nursery() as connections:
-                    accepting = trio.CancelScope()
+        lanes_done = trio.Event()
 
-                    async def accept() -> None:
-                        with accepting:
-                            await serve_listener(listener, self.handle, connections)
+        async def run_lanes(*, task_status: trio.TaskStatus[None]) -> None:
+            try:
+                await self._lanes.run(task_status=task_status)
+            finally:
+                lanes_done.set()
 
-                    connections.start_soon(accept)
-                    task_status.started()
-                    await self._stop.wait()
-                    accepting.cancel()
-                    on_closed()
-                    for connection in list(self._connections):
-                        connection.drain()
-                # Every connection is gone; queue the exit restores, then close the lanes
-                # (what is queued still runs).
-                self._before_lanes_close()
+        async with trio.open_nursery() as work:
+            await work.start(run_lanes)
+            async with trio.open_nursery() as connections:
+                accepting = trio.CancelScope()
+
+                async def accept() -> None:
+                    with accepting:
+                        await serve_listener(listener, self.handle, connections)
+
+                connections.start_soon(accept)
+                task_status.started()
+                await self._stop.wait()
+                accepting.cancel()
+                on_closed()
+                for connection in list(self._connections):
+                    connection.drain()
+                # Queue the exit restores now, behind what every GPU has queued, and
+                # close the lanes: what is queued runs; a request read from now on is
+                # answered that the daemon is stopping.
+                self._before_lanes_close([c.session for c in self._connections])
                 self._lanes.close()
-            root.cancel_scope.cancel()  # all finished in time: the watchdog is not needed
+                if not self._connections:
+                    self._all_closed.set()
+                await self._settle(lanes_done, connections.cancel_scope)
+
+    async def _settle(self, lanes_done: trio.Event, connections: trio.CancelScope) -> None:
+        """Let queued work finish for DRAIN_GRACE_S (not when forced); abandon the rest."""
+        with self._grace:
+            if self._force.is_set():
+                self._grace.cancel()
+            self._grace.deadline = trio.current_time() + DRAIN_GRACE_S
+            await lanes_done.wait()
+            await self._all_closed.wait()
+        if not lanes_done.is_set():
+            hung = ", ".join(map(str, self._lanes.busy()))
+            why = "forced stop" if self._force.is_set() else f"not done in {DRAIN_GRACE_S:.0f} s"
+            jobs = self._lanes.abandon()
+            log.warning(
+                "%s: abandoning %d queued GPU job(s) on GPU %s; their requests are answered"
+                " with an error",
+                why,
+                len(jobs),
+                hung,
+            )
+        with trio.move_on_after(REPLY_GRACE_S):
+            await self._all_closed.wait()
+        if self._connections:
+            log.warning("cutting %d connection(s) still open", len(self._connections))
+            connections.cancel()
 
     async def wait_stopped(self) -> None:
         """Return once run() has finished."""
         await self._stopped.wait()
-
-    async def _watchdog(self, work: trio.CancelScope) -> None:
-        """After stop(), give in-flight work DRAIN_GRACE_S (or until forced), then cut it."""
-        await self._stop.wait()
-        with trio.move_on_after(DRAIN_GRACE_S):
-            await self._force.wait()
-        if self._force.is_set():
-            log.warning("forced stop: abandoning in-flight work")
-        else:
-            log.warning("in-flight work did not finish in %.0f s; stopping anyway", DRAIN_GRACE_S)
-        work.cancel()
 
 
 async def stop_on_signals(

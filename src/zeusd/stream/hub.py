@@ -257,7 +257,7 @@ class PowerHub:
         if started:
             with trio.move_on_after(min(dev.interval or 0 for dev, _ in started) / 2):
                 for _, job in started:
-                    await job.watch()
+                    await job.wait()
         fresh = self._harvest()
         self._deliver(trio.current_time(), fresh)
 

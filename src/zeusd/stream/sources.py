@@ -9,11 +9,11 @@ import outcome
 
 from zeusd.cpu.rapl import RaplCpu, power_mw
 from zeusd.gpu.device import GpuDevice
-from zeusd.gpu.lanes import GpuLanes, Job, LaneClosedError
+from zeusd.gpu.lanes import GpuLanes, Job, LaneClosedError, LaneFullError
 
 
 def _finished(result: outcome.Outcome[object]) -> Job:
-    job = Job(lambda: None)
+    job = Job(-1, lambda: None)
     job.finish(result)
     return job
 
@@ -32,10 +32,9 @@ class GpuPowerSource:
 
     def submit(self, device: int) -> Job:
         try:
-            # Detached: the hub stops waiting after half an interval, and the lane must
-            # still move on past a read nobody waits for any more.
-            return self._lanes.submit_detached(device, self._devices[device].get_power)
-        except LaneClosedError as exc:
+            # The hub stops waiting after half an interval; the lane runs the read anyway.
+            return self._lanes.submit([(device, self._devices[device].get_power)])[0]
+        except (LaneClosedError, LaneFullError) as exc:
             return _finished(outcome.Error(exc))
 
 
