@@ -56,7 +56,8 @@ def target_few_threads(directory: str, rounds: int, calls: int) -> float:
         zeusd(directory, *two_gpus, "--num-workers", "2", name="two.sock") as (_, two),
     ):
         alternating_rtts(one, 200), alternating_rtts(two, 200)  # warm-up
-        ratios, medians = [], {"1": [], "2": []}
+        ratios: list[float] = []
+        medians: dict[str, list[float]] = {"1": [], "2": []}
         for _ in range(rounds):
             m1 = statistics.median(alternating_rtts(one, calls))
             m2 = statistics.median(alternating_rtts(two, calls))
@@ -123,7 +124,7 @@ def _flood_as_other(path: str, ready: Connection) -> None:
     flood_client(path)
 
 
-def start_flood(path: str) -> multiprocessing.Process:
+def start_flood(path: str) -> multiprocessing.process.BaseProcess:
     context = multiprocessing.get_context("fork")
     ours, theirs = context.Pipe()
     proc = context.Process(target=_flood_as_other, args=(path, theirs), daemon=True)
