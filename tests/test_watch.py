@@ -172,9 +172,14 @@ def test_watch_in_a_terminal_refreshes_in_place_and_quits_on_ctrl_c() -> None:
 
         term.tmux("send-keys", "-t", "w", "C-c")
         deadline = time.monotonic() + WAIT_S
-        while term.pane("pane_dead") != "1":
+        # tmux marks the pane dead at the terminal's EOF, and learns the exit status a
+        # moment later: wait for one or the other (a status, or the signal that killed it).
+        while term.pane("pane_dead") != "1" or not (
+            term.pane("pane_dead_status") or term.pane("pane_dead_signal")
+        ):
             assert time.monotonic() < deadline, term.screen()
             time.sleep(0.1)
+        assert term.pane("pane_dead_signal") == ""
         assert term.pane("pane_dead_status") == "0"
         assert "Traceback" not in term.screen()
     finally:
