@@ -44,16 +44,35 @@ def test_expired_token_is_refused() -> None:
     [
         tokens.issue(b"x" * 32, "eve", ["gpu-control"], None),  # another daemon's key
         jwt.encode({"iss": "zeusd", "sub": "eve", "iat": 1, "scopes": []}, None, "none"),
-        jwt.encode({"sub": "eve", "iat": 1, "scopes": []}, KEY, "HS256"),  # no issuer
+        jwt.encode({"iss": "other", "sub": "eve", "iat": 1, "scopes": []}, KEY, "HS256"),
         jwt.encode({"iss": "zeusd", "sub": "eve", "iat": 1, "scopes": "gpu-control"}, KEY),
         "not.a.token",
         "",
     ],
 )
 def test_forged_or_malformed_tokens_are_refused(token: str) -> None:
-    """Wrong key, alg none, missing issuer, bad scopes and garbage are all refused."""
+    """Wrong key, alg none, another issuer, bad scopes and garbage are all refused."""
     with pytest.raises(tokens.TokenError):
         tokens.verify(KEY, token)
+
+
+def test_upstream_tokens_are_accepted() -> None:
+    """Upstream zeusd's tokens (HS256 with sub, scopes and exp only) verify with the same key."""
+    upstream = jwt.encode({"sub": "bob", "scopes": ["gpu-read"], "exp": 4102444800}, KEY, "HS256")
+    claims = tokens.verify(KEY, upstream, now=1.0)
+    assert (claims.subject, claims.scopes, claims.expires_at) == ("bob", ("gpu-read",), 4102444800)
+    no_expiry = jwt.encode({"sub": "bob", "scopes": []}, KEY, "HS256")
+    assert tokens.verify(KEY, no_expiry).expires_at is None
+
+
+def test_our_tokens_carry_what_upstream_reads() -> None:
+    """Ours are HS256 with sub, scopes (API group names) and exp, as upstream's Claims are."""
+    token = tokens.issue(KEY, "carol", ["gpu-control", "cpu-read"], 3600, now=1000)
+    assert jwt.get_unverified_header(token)["alg"] == "HS256"
+    claims = jwt.decode(token, KEY, algorithms=["HS256"], options={"verify_exp": False})
+    assert claims["sub"] == "carol"
+    assert claims["scopes"] == ["gpu-control", "cpu-read"]
+    assert claims["exp"] == 4600
 
 
 def _signed(**claims: object) -> str:
