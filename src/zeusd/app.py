@@ -28,13 +28,14 @@ from zeusd.gpu.lanes import GpuLanes
 from zeusd.gpu.ledger import SettingsLedger
 from zeusd.gpu.overrides import OverriddenBackend, OverridesError, load_overrides
 from zeusd.gpu.records import RecordStore, StateDirError
+from zeusd.http.routes import HttpFrontEnd
 from zeusd.recovery import recover
 from zeusd.rpc.dispatch import Dispatcher
 from zeusd.server import listeners
 from zeusd.server.daemon import Server, stop_on_signals
 from zeusd.server.listeners import StartupError
 from zeusd.sim import SimAmdsmi, SimConfigError, SimNvml, default_sim_gpus, load_sim_config
-from zeusd.stream.hub import PowerHub, SubscriptionBudget
+from zeusd.stream.hub import MIN_INTERVAL_MS, PowerHub, SubscriptionBudget
 from zeusd.stream.sources import CpuPowerSource, GpuPowerSource
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,11 @@ def enabled_groups(config: Config) -> tuple[tuple[str, ...], tuple[RaplCpu, ...]
             log.info("%s disabled: %s", CPU_READ, exc)
             wanted = tuple(g for g in wanted if g != CPU_READ)
     return tuple(g for g in API_GROUPS if g in wanted), cpus
+
+
+def interval_ms(hz: float) -> int:
+    """Milliseconds between samples at *hz* (the HTTP streams' --*-power-poll-hz)."""
+    return max(MIN_INTERVAL_MS, round(1000 / hz))
 
 
 def _nothing() -> None:
@@ -241,7 +247,15 @@ async def _serve(
             restore_on_exit=config.restore_on_exit,
         ),
     )
-    dispatcher = Dispatcher(build_methods(), context, config.max_batch)
+    methods = build_methods()
+    dispatcher = Dispatcher(methods, context, config.max_batch)
+    http = HttpFrontEnd(
+        context,
+        methods,
+        dispatcher,
+        gpu_interval_ms=interval_ms(config.gpu_power_poll_hz),
+        cpu_interval_ms=interval_ms(config.cpu_power_poll_hz),
+    )
     on_closed: Callable[[], None] = _nothing
     socket_file: listeners.UnixSocketFile | None = None
     mode = config.mode
@@ -273,6 +287,7 @@ async def _serve(
         before_lanes_close=lambda sessions: _queue_exit_restores(
             context, config.restore_on_exit, sessions
         ),
+        http=http,
     )
     try:
         async with trio.open_nursery() as nursery:

@@ -17,6 +17,8 @@ from zeusd.app import open_backend, serve
 from zeusd.config import (
     DEFAULT_AUTH_TIMEOUT_S,
     DEFAULT_CLIENT_TIMEOUT_S,
+    DEFAULT_CPU_POWER_POLL_HZ,
+    DEFAULT_GPU_POWER_POLL_HZ,
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_IN_FLIGHT,
@@ -76,6 +78,17 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected seconds (got {text!r})") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds (got {text})")
+    return value
+
+
+def _hz(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected samples per second (got {text!r})") from None
+    # 100 Hz is the 10 ms floor of subscriptions; below one an hour looks like a dead stream.
+    if not 1 / 3600 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be between 1/3600 and 100 (got {text})")
     return value
 
 
@@ -218,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     trust.add_argument(
         "--token-key",
+        "--signing-key-path",
+        dest="token_key",
         metavar="FILE",
         help="key that signs session tokens; TCP clients must then authenticate "
         "(the file must not be accessible to group or others)",
@@ -279,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds,
         default=DEFAULT_CLIENT_TIMEOUT_S,
         metavar="SECONDS",
-        help="time to finish a started line, and to take a reply (%(default)s)",
+        help="time to finish a started line or HTTP request, and to take a reply (%(default)s)",
     )
     trust.add_argument(
         "--auth-timeout",
@@ -288,6 +303,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="with --token-key, a TCP connection not authenticated within this time is "
         "closed (%(default)s)",
+    )
+    http = parser.add_argument_group("HTTP dialect (see docs/protocol.md)")
+    http.add_argument(
+        "--gpu-power-poll-hz",
+        type=_hz,
+        default=DEFAULT_GPU_POWER_POLL_HZ,
+        metavar="HZ",
+        help="samples per second of GET /gpu/stream_power (%(default)s)",
+    )
+    http.add_argument(
+        "--cpu-power-poll-hz",
+        type=_hz,
+        default=DEFAULT_CPU_POWER_POLL_HZ,
+        metavar="HZ",
+        help="samples per second of GET /cpu/stream_power (%(default)s)",
     )
     return parser
 
@@ -356,6 +386,8 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         max_queued_per_gpu=args.max_queued_per_gpu,
         max_queued_per_client=args.max_queued_per_client,
         client_timeout=args.client_timeout,
+        gpu_power_poll_hz=args.gpu_power_poll_hz,
+        cpu_power_poll_hz=args.cpu_power_poll_hz,
         max_subscriptions=args.max_subscriptions,
         max_subscriptions_per_connection=args.max_subscriptions_per_connection,
         auth_timeout=args.auth_timeout,

@@ -20,6 +20,8 @@ DEFAULT_MAX_SUBSCRIPTIONS = 1024
 DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION = 32
 DEFAULT_AUTH_TIMEOUT_S = 10.0
 DEFAULT_RAPL_ROOT = "/sys/class/powercap"
+DEFAULT_GPU_POWER_POLL_HZ = 20.0
+DEFAULT_CPU_POWER_POLL_HZ = 10.0
 DEFAULT_STATE_DIR = "/run/zeusd"
 
 
@@ -60,6 +62,9 @@ class Config:
     max_queued_per_gpu: int = DEFAULT_MAX_QUEUED_PER_GPU
     max_queued_per_client: int = DEFAULT_MAX_QUEUED_PER_CLIENT
     client_timeout: float = DEFAULT_CLIENT_TIMEOUT_S
+    #: Samples per second of the HTTP power streams (GET /gpu/stream_power, /cpu/...).
+    gpu_power_poll_hz: float = DEFAULT_GPU_POWER_POLL_HZ
+    cpu_power_poll_hz: float = DEFAULT_CPU_POWER_POLL_HZ
     max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS
     max_subscriptions_per_connection: int = DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION
     #: Where a token is required: how long a connection may stay unauthenticated.

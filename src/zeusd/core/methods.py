@@ -91,7 +91,8 @@ def _discover(ctx: Context, session: Session) -> dict[str, Any]:
         "gpus": [info.describe() for info in ctx.gpus.infos],
         "cpus": [cpu.describe() for cpu in ctx.cpus.cpus],
         "enabled_api_groups": list(ctx.policy.enabled_groups),
-        "auth_required": ctx.policy.auth_required,
+        # Whether this caller's transport needs a token (a Unix socket never does).
+        "auth_required": ctx.policy.requires_token(session.transport),
     }
 
 

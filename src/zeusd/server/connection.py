@@ -69,8 +69,11 @@ class Connection:
         *,
         max_in_flight: int = 64,
         client_timeout: float = 30.0,
+        initial: bytes = b"",
     ) -> None:
         self._stream = stream
+        # What the dialect check read before this connection took over.
+        self._initial = initial
         self._slots = trio.Semaphore(max_in_flight)
         self._client_timeout = client_timeout
         self.session = session
@@ -104,6 +107,11 @@ class Connection:
         self._writer_nursery: trio.Nursery | None = None
         self._writer_started = False
         session.outbox = self
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether the client has authenticated (for --auth-timeout)."""
+        return self.session.authenticated
 
     def drain(self) -> None:
         """Stop reading new requests; the ones in flight finish and are answered."""
@@ -205,10 +213,12 @@ class Connection:
                 if self._stop_reading:
                     break
             self._receive_scope = trio.CancelScope(deadline=line_deadline)
-            data: bytes | bytearray = b""
+            data: bytes | bytearray = self._initial
+            self._initial = b""
             with self._receive_scope:
                 try:
-                    data = await self._stream.receive_some(RECEIVE_BYTES)
+                    if not data:
+                        data = await self._stream.receive_some(RECEIVE_BYTES)
                 except _GONE:
                     return False
             if self._receive_scope.cancelled_caught:

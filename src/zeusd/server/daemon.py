@@ -5,16 +5,20 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Callable
+from typing import Protocol
 
 import trio
 
 from zeusd.core.session import Session
 from zeusd.failure_runs import FailureRun
 from zeusd.gpu.lanes import GpuLanes
+from zeusd.http.routes import HttpFrontEnd
 from zeusd.rpc.dispatch import Dispatcher
 from zeusd.server.accept import serve_listener
 from zeusd.server.connection import Connection
+from zeusd.server.dialect import HTTP, Sniffer
 from zeusd.server.hangups import Hangups
+from zeusd.server.http_connection import HttpConnection
 from zeusd.server.peercred import database_groups, peer_cred
 from zeusd.server.ratelimit import RateLimitedReport
 
@@ -28,8 +32,22 @@ REPORT_EVERY_S = 1.0
 REPLY_GRACE_S = 1.0
 
 
+class Served(Protocol):
+    """A connection as the server tracks it: one it can tell to drain."""
+
+    def drain(self) -> None: ...
+
+
+class _Current:
+    """The connection a client stream is served by: first its Sniffer, then its dialect's."""
+
+    def __init__(self, connection: Sniffer | Connection | HttpConnection) -> None:
+        self.connection = connection
+
+
 class Server:
-    """Accepts connections on one listener and serves each with a :class:`Connection`."""
+    """Accepts connections on one listener; each is served in the dialect its first bytes
+    choose: a JSON-RPC :class:`Connection` or an :class:`HttpConnection`."""
 
     def __init__(
         self,
@@ -44,8 +62,10 @@ class Server:
         auth_timeout: float | None = None,
         on_session_closed: Callable[[Session], None] = lambda session: None,
         before_lanes_close: Callable[[list[Session]], None] = lambda sessions: None,
+        http: HttpFrontEnd | None = None,
     ) -> None:
         self._dispatcher = dispatcher
+        self._http = http
         self._transport = transport
         self._lanes = lanes
         self._max_line_bytes = max_line_bytes
@@ -56,8 +76,8 @@ class Server:
         self._auth_report = RateLimitedReport(log, REPORT_EVERY_S)
         self._on_session_closed = on_session_closed
         self._before_lanes_close = before_lanes_close
-        self._connections: set[Connection] = set()
-        self._hangups: Hangups[Connection] = Hangups()
+        self._connections: set[Served] = set()
+        self._hangups: Hangups[Served] = Hangups()
         #: A run of refused connections is one log line, with a count.
         self._refusals = FailureRun(log, "refusing connections (--max-connections)")
         self._stop = trio.Event()
@@ -96,27 +116,64 @@ class Server:
                     session.groups = await trio.to_thread.run_sync(
                         database_groups, cred.uid, cred.gid
                     )
-        connection = Connection(
-            stream,
-            self._dispatcher,
-            self._max_line_bytes,
-            session,
-            max_in_flight=self._max_in_flight,
-            client_timeout=self._client_timeout,
-        )
-        self._connections.add(connection)
+        # The first bytes say which protocol this is; until then the connection can drain.
+        current = _Current(Sniffer(stream, self._client_timeout))
+        if self._auth_timeout is None:
+            await self._serve_one(stream, session, current)
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._close_unless_authenticated, current, session)
+            await self._serve_one(stream, session, current)
+            nursery.cancel_scope.cancel()
+
+    async def _serve_one(
+        self, stream: trio.abc.Stream, session: Session, current: _Current
+    ) -> None:
+        sniffer = current.connection
+        assert isinstance(sniffer, Sniffer)
         fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+        self._connections.add(sniffer)
+        if fd >= 0:  # a client that hangs up before saying anything must not count either
+            self._hangups.add(fd, sniffer)
+        try:
+            first = await sniffer.read()
+        finally:
+            self._connections.discard(sniffer)
+            if fd >= 0:
+                self._hangups.discard(fd, sniffer)
+            if not self._connections and self._stop.is_set():
+                self._all_closed.set()
+        if first is None:  # gone, or drained or timed out, before it said anything
+            await trio.aclose_forcefully(stream)
+            return
+        dialect, initial = first
+        connection: Connection | HttpConnection
+        if dialect == HTTP and self._http is not None:
+            connection = HttpConnection(
+                stream,
+                self._http,
+                session,
+                initial=initial,
+                max_body_bytes=self._max_line_bytes,
+                client_timeout=self._client_timeout,
+            )
+        else:
+            connection = Connection(
+                stream,
+                self._dispatcher,
+                self._max_line_bytes,
+                session,
+                max_in_flight=self._max_in_flight,
+                client_timeout=self._client_timeout,
+                initial=initial,
+            )
+        current.connection = connection
+        self._connections.add(connection)
         if fd >= 0:
             self._hangups.add(fd, connection)
         log.debug("connection #%d opened: %s", session.id, session.describe())
         try:
-            if self._auth_timeout is None:
-                await connection.serve()
-            else:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._close_unless_authenticated, connection)
-                    await connection.serve()
-                    nursery.cancel_scope.cancel()
+            await connection.serve()
         except Exception:
             log.exception("connection failed; other connections are unaffected")
         finally:
@@ -130,7 +187,7 @@ class Server:
             except Exception:
                 log.exception("cleanup after connection #%d failed", session.id)
 
-    async def _close_unless_authenticated(self, connection: Connection) -> None:
+    async def _close_unless_authenticated(self, current: _Current, session: Session) -> None:
         """Where a token is required, a connection that has none in time gives its slot back.
 
         Otherwise idle unauthenticated connections, which cost an attacker nothing, could hold
@@ -138,14 +195,14 @@ class Server:
         """
         assert self._auth_timeout is not None
         await trio.sleep(self._auth_timeout)
-        if connection.session.authenticated:
+        if current.connection.authenticated:
             return
         self._auth_report.warning(
             "closing %s: not authenticated within %g s",
-            connection.session.describe(),
+            session.describe(),
             self._auth_timeout,
         )
-        connection.drain()
+        current.connection.drain()
 
     async def run(
         self,
@@ -196,7 +253,14 @@ class Server:
                 # Queue the exit restores now, behind what every GPU has queued, and
                 # close the lanes: what is queued runs; a request read from now on is
                 # answered that the daemon is stopping.
-                self._before_lanes_close([c.session for c in self._connections])
+                # A connection still choosing its dialect has asked for nothing yet.
+                self._before_lanes_close(
+                    [
+                        c.session
+                        for c in self._connections
+                        if isinstance(c, Connection | HttpConnection)
+                    ]
+                )
                 self._lanes.close()
                 if not self._connections:
                     self._all_closed.set()
