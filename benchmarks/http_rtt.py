@@ -51,7 +51,9 @@ def main() -> None:
 
     with (
         tempfile.TemporaryDirectory(prefix="zd-bench-") as directory,
-        zeusd(directory) as (_, zeusd_path),
+        # Writes are audited at INFO; nobody reads the daemon's stderr after start-up, so a
+        # full pipe would stall it.
+        zeusd(directory, "--log-level", "warning") as (_, zeusd_path),
         floor(directory, "http") as (_, floor_path),
         httpx.Client(transport=httpx.HTTPTransport(uds=zeusd_path)) as daemon,
         httpx.Client(transport=httpx.HTTPTransport(uds=floor_path)) as nothing,
