@@ -97,7 +97,8 @@ class Server:
         """Serve one client stream; never lets a client's failure escape."""
         if len(self._connections) >= self._max_connections:
             # Connections whose clients hung up before we read their end do not count.
-            for gone in self._hangups.hung_up():
+            new_fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+            for gone in self._hangups.hung_up(new_fd):
                 self._connections.discard(gone)
         if len(self._connections) >= self._max_connections:
             # Refused at once, so that a flood of connections costs nothing that lasts.

@@ -43,9 +43,18 @@ class Hangups(Generic[Owner]):
             del self._owners[fd]
             self._poll.unregister(fd)
 
-    def hung_up(self) -> list[Owner]:
-        """Owners whose client has gone with nothing left unread; they are no longer watched."""
+    def hung_up(self, new_fd: int = -1) -> list[Owner]:
+        """Owners whose client has gone with nothing left unread; they are no longer watched.
+
+        *new_fd* is the number of a socket just accepted: an owner still registered under it
+        has closed its socket already (the number was free to be reused), even if it has not
+        left yet; polling that number would ask about the new socket instead.
+        """
         gone, self._closed = self._closed, []
+        stale = self._owners.get(new_fd) if new_fd >= 0 else None
+        if stale is not None:
+            gone.append(stale)
+            self.discard(new_fd, stale)
         for fd, events in self._poll.poll(0):
             owner = self._owners.get(fd)
             if owner is None:
