@@ -97,8 +97,7 @@ class Server:
         """Serve one client stream; never lets a client's failure escape."""
         if len(self._connections) >= self._max_connections:
             # Connections whose clients hung up before we read their end do not count.
-            new_fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
-            for gone in self._hangups.hung_up(new_fd):
+            for gone in self._hangups.hung_up():
                 self._connections.discard(gone)
         if len(self._connections) >= self._max_connections:
             # Refused at once, so that a flood of connections costs nothing that lasts.
@@ -132,10 +131,10 @@ class Server:
     ) -> None:
         sniffer = current.connection
         assert isinstance(sniffer, Sniffer)
-        fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+        sock = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._connections.add(sniffer)
-        if fd >= 0:  # a client that hangs up before saying anything must not count either
-            self._hangups.add(fd, sniffer)
+        # A client that hangs up before saying anything must not count either.
+        fd = self._hangups.add(sock, sniffer) if sock is not None else -1
         try:
             first = await sniffer.read()
         finally:
@@ -170,8 +169,8 @@ class Server:
             )
         current.connection = connection
         self._connections.add(connection)
-        if fd >= 0:
-            self._hangups.add(fd, connection)
+        if sock is not None:
+            self._hangups.add(sock, connection)
         log.debug("connection #%d opened: %s", session.id, session.describe())
         try:
             await connection.serve()

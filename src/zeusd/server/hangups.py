@@ -7,7 +7,9 @@ limit, one ``poll(0)`` call names the sockets whose peer has shut down (``POLLRD
 that failed, and a ``MSG_PEEK`` keeps those that still hold unread bytes (a request whose
 sender waits for the reply after a half-close). A socket already closed by its connection,
 which is on its way out, does not count either (``POLLNVAL``, or its number taken by a newer
-connection).
+connection). Neither does one whose socket object is closed already: its number may have
+been reused, by any file the process opens, so polling that number would ask about another
+file.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import errno
 import select
 import socket
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 Owner = TypeVar("Owner")
 
@@ -23,38 +25,44 @@ _POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)
 _HUNG_UP = _POLLRDHUP | select.POLLHUP | select.POLLERR
 
 
+class _Socket(Protocol):
+    def fileno(self) -> int: ...
+
+
 class Hangups(Generic[Owner]):
     def __init__(self) -> None:
         self._poll = select.poll()
         self._owners: dict[int, Owner] = {}
+        #: The socket each watched number belonged to when it was added (-1 once closed).
+        self._sockets: dict[int, _Socket] = {}
         #: Owners whose socket was closed and its number reused before they left.
         self._closed: list[Owner] = []
 
-    def add(self, fd: int, owner: Owner) -> None:
+    def add(self, sock: _Socket, owner: Owner) -> int:
+        """Watch *sock* for *owner*; returns its number, for :meth:`discard`."""
+        fd = sock.fileno()
         old = self._owners.get(fd)
         if old is not None:
             self._closed.append(old)
         self._poll.register(fd, _POLLRDHUP)
         self._owners[fd] = owner
+        self._sockets[fd] = sock
+        return fd
 
     def discard(self, fd: int, owner: Owner) -> None:
         """Stop watching *fd*, if *owner* still has it (the number may have been reused)."""
         if self._owners.get(fd) is owner:
             del self._owners[fd]
+            del self._sockets[fd]
             self._poll.unregister(fd)
 
-    def hung_up(self, new_fd: int = -1) -> list[Owner]:
-        """Owners whose client has gone with nothing left unread; they are no longer watched.
-
-        *new_fd* is the number of a socket just accepted: an owner still registered under it
-        has closed its socket already (the number was free to be reused), even if it has not
-        left yet; polling that number would ask about the new socket instead.
-        """
+    def hung_up(self) -> list[Owner]:
+        """Owners whose client has gone with nothing left unread; they are no longer watched."""
         gone, self._closed = self._closed, []
-        stale = self._owners.get(new_fd) if new_fd >= 0 else None
-        if stale is not None:
-            gone.append(stale)
-            self.discard(new_fd, stale)
+        for fd, sock in list(self._sockets.items()):
+            if sock.fileno() != fd:  # closed by its connection, which has not left yet
+                gone.append(self._owners[fd])
+                self.discard(fd, self._owners[fd])
         for fd, events in self._poll.poll(0):
             owner = self._owners.get(fd)
             if owner is None:
