@@ -3,13 +3,15 @@
 :func:`start` runs, synchronously and in this order, the access gate, the param check and
 the handler (which validates its params against every target and queues the device work),
 so that whatever front end a request came through, it is checked, ordered and audited the
-same way. What the caller gets back is the result value, or an awaitable of it; a failure
+same way. What the caller gets back is the result value, or an awaitable of it (a
+:class:`~zeusd.core.later.Later` for device work, chained with no task in between); a failure
 is always a :class:`~zeusd.core.errors.ZeusdError` (a bug becomes an InternalError, logged
 with its traceback here).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import time
@@ -20,6 +22,7 @@ from zeusd.core.access import check_access
 from zeusd.core.audit import record_write
 from zeusd.core.context import Context
 from zeusd.core.errors import InternalError, InvalidParamsError, MethodNotFoundError, ZeusdError
+from zeusd.core.later import Later
 from zeusd.core.session import Session
 from zeusd.core.spec import GPU_CONTROL, MethodSpec
 
@@ -66,8 +69,24 @@ def start(
         error = as_error(spec, exc)
         _audit(spec, session, params, error, began)
         raise error from None
+    if isinstance(value, Later):
+        return value.then(functools.partial(_done, spec, session, params, began))
     if inspect.isawaitable(value):
         return _finish(spec, session, params, value, began)
+    _audit(spec, session, params, value, began)
+    return value
+
+
+def _done(
+    spec: MethodSpec, session: Session, params: object, began: float, later: Later[Any]
+) -> Any:
+    """The call's outcome once its device work is done: audited, an error made a ZeusdError."""
+    try:
+        value = later.get()
+    except Exception as exc:
+        error = as_error(spec, exc)
+        _audit(spec, session, params, error, began)
+        raise error from None
     _audit(spec, session, params, value, began)
     return value
 

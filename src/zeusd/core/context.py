@@ -4,7 +4,7 @@ hubs and the daemon's facts."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Generator, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any, cast
 
 import attrs
@@ -12,6 +12,7 @@ import attrs
 from zeusd.core.cpus import CpuTable
 from zeusd.core.errors import DEVICE_FAILURES, DeviceError, InvalidParamsError, failure_detail
 from zeusd.core.gpu_commands import GpuCommand, GpuTable
+from zeusd.core.later import Later
 from zeusd.core.policy import Policy
 from zeusd.core.session import Session
 from zeusd.gpu.device import GpuDevice
@@ -41,7 +42,7 @@ class Context:
     #: --max-subscriptions-per-connection (the daemon-wide cap is the hubs' shared budget).
     max_subscriptions_per_connection: int = 32
 
-    def submit(self, command: GpuCommand, session: Session | None = None) -> Awaitable[Any]:
+    def submit(self, command: GpuCommand, session: Session | None = None) -> Later[Any]:
         """Queue *command* on each target GPU's lane now; await the result later.
 
         Queuing happens before this returns, so the order in which lines were read is the
@@ -96,28 +97,47 @@ def share_key(command: GpuCommand) -> Hashable:
     return (type(command), *params.values())
 
 
-class _Pending:
-    """A submitted command's result, to await. A plain object, not a coroutine: one that is
-    never awaited (its request abandoned at a stop) leaves no "never awaited" warning."""
+class _Pending(Later[Any]):
+    """A submitted command's result: done once every job is. No task waits for it: the
+    last job's report (on the trio thread) collects the values, and what follows (the
+    audit, the reply) runs right there, chained with ``then``/``on_done``."""
 
-    __slots__ = ("command", "jobs")
+    __slots__ = ("_left", "command", "jobs")
 
     def __init__(self, command: GpuCommand, jobs: list[Job]) -> None:
+        super().__init__()
         self.command, self.jobs = command, jobs
+        self._left = len(jobs)
+        for job in jobs:
+            if job.result is None:
+                job.notify = self._job_done
+            else:
+                self._left -= 1
+        if not self._left:
+            self._collect()
 
-    def __await__(self) -> Generator[Any, None, Any]:
-        return _collect(self.command, self.jobs).__await__()
+    def _job_done(self) -> None:
+        self._left -= 1
+        if not self._left:
+            self._collect()
+
+    def _collect(self) -> None:
+        try:
+            value = collect(self.command, self.jobs)
+        except Exception as exc:  # a DeviceError, or a bug in result()
+            self.fail(exc)
+            return
+        self.resolve(value)
 
 
-async def _collect(command: GpuCommand, jobs: list[Job]) -> Any:
-    # The lanes run on their own; waiting here only waits, so the order does not matter.
-    # A finished job is taken as is: no scheduler round each (a batch of 256 reads).
-    outcomes = [job.result or await job.wait() for job in jobs]
+def collect(command: GpuCommand, jobs: list[Job]) -> Any:
+    """The command's result from its finished jobs; raises DeviceError if any failed."""
     values: dict[int, Any] = {}
     errors: dict[int, dict[str, str]] = {}
-    for job, result in zip(jobs, outcomes, strict=True):
+    for job in jobs:
+        assert job.result is not None
         try:
-            values[job.gpu] = result.unwrap()
+            values[job.gpu] = job.result.unwrap()
         except DEVICE_FAILURES as exc:
             errors[job.gpu] = failure_detail(exc) or {}
     if errors:

@@ -44,7 +44,7 @@ class LaneFullError(Exception):
 class Job:
     """A blocking call queued on one GPU's lane, and its eventual outcome."""
 
-    __slots__ = ("_done", "fn", "gpu", "key", "on_abandon", "owner", "result")
+    __slots__ = ("_done", "fn", "gpu", "key", "notify", "on_abandon", "owner", "result")
 
     def __init__(
         self,
@@ -58,11 +58,15 @@ class Job:
         self.on_abandon = on_abandon  # called (in trio) if the daemon stops without running it
         self.result: outcome.Outcome[Any] | None = None
         self._done = trio.Event()
+        #: Called (in trio) once the job has its outcome; must not raise.
+        self.notify: Callable[[], None] | None = None
 
     def finish(self, result: outcome.Outcome[Any]) -> None:
         if self.result is None:  # an abandoned worker may report after the daemon gave up
             self.result = result
             self._done.set()
+            if self.notify is not None:
+                self.notify()
 
     async def wait(self) -> outcome.Outcome[Any]:
         """The job's outcome, once it has one. Cancelling this wait leaves the job queued."""

@@ -16,6 +16,7 @@ encoded member by member with :func:`reply_parts`, only as fast as its client ta
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import logging
@@ -33,6 +34,7 @@ from jsonrpcserver.sentinels import NOID
 from zeusd.core.calls import lookup, start
 from zeusd.core.context import Context
 from zeusd.core.errors import INVALID_REQUEST, PARSE_ERROR, ZeusdError
+from zeusd.core.later import Later
 from zeusd.core.session import Session
 from zeusd.core.spec import MethodSpec
 from zeusd.logfmt import MAX_QUOTED_CHARS, clip
@@ -148,6 +150,8 @@ class Dispatcher:
     def handle_line(self, line: bytes, session: Session) -> Reply:
         """Process one line from *session*'s connection; see :data:`Reply`."""
         pending = self.handle(line, session)
+        if isinstance(pending, Later):
+            return pending.then(_encode_done)
         if inspect.isawaitable(pending):
             return self._encode_later(pending)
         return encode_reply(pending)
@@ -201,6 +205,9 @@ class Dispatcher:
             )
         except ZeusdError as exc:
             return _respond(request, exc)
+        if isinstance(value, Later):
+            # Made in the device work's report, with no task waiting for it.
+            return value.then(functools.partial(_respond_done, request))
         if inspect.isawaitable(value):
             return _finish(request, value)
         return _respond(request, value)
@@ -220,9 +227,10 @@ class Dispatcher:
                 done.append(await member if inspect.isawaitable(member) else member)
         except trio.Cancelled:
             # Cut off at a stop: the member being awaited logged itself; close the rest.
-            rest = [m for m in members[len(done) + 1 :] if inspect.iscoroutine(m)]
+            rest = [m for m in members[len(done) + 1 :] if inspect.isawaitable(m)]
             for member in rest:
-                _close_unstarted(member)
+                if inspect.iscoroutine(member):
+                    _close_unstarted(member)
             if rest:
                 log.warning(
                     "%d more request(s) of a batch abandoned: the daemon stopped", len(rest)
@@ -234,6 +242,18 @@ class Dispatcher:
     def _batch_message(members: list[dict[str, Any] | None]) -> Message | None:
         responses = [m for m in members if m is not None]
         return responses or None
+
+
+def _encode_done(done: Later[Message | None]) -> bytes | None:
+    return encode_reply(done.get())
+
+
+def _respond_done(request: Request, done: Later[Any]) -> dict[str, Any] | None:
+    try:
+        value = done.get()
+    except ZeusdError as exc:
+        return _respond(request, exc)
+    return _respond(request, value)
 
 
 async def _finish(request: Request, pending: Awaitable[Any]) -> dict[str, Any] | None:

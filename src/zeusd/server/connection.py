@@ -1,7 +1,8 @@
 """One client connection: read lines, hand them to the dispatcher, write the replies.
 
-Requests of a connection run concurrently: each one that has GPU work gets its own task and
-its reply is written when it completes, so a slow GPU never holds up a read of another.
+Requests of a connection run concurrently: the reply of one that has GPU work is made and
+queued when that work completes, in the lanes' report on the trio thread (no task per
+request), and written right after, so a slow GPU never holds up a read of another.
 
 What one client can hold is bounded: at most ``max_in_flight`` requests at a time (beyond
 that the connection is simply not read, which pushes back on the client through TCP/UDS
@@ -23,14 +24,17 @@ its subscribe response or after its unsubscribe response.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
+import os
 from collections import OrderedDict
 from collections.abc import Iterator
 
 import trio
 
+from zeusd.core.later import Later
 from zeusd.core.session import Session
 from zeusd.rpc.dispatch import (
     Dispatcher,
@@ -106,6 +110,12 @@ class Connection:
         self._writer_done = trio.Event()
         self._writer_nursery: trio.Nursery | None = None
         self._writer_started = False
+        # Requests whose reply is made in their work's report (see _reply_ready), and the
+        # nursery that hosts what such a reply may still need (a wait for room, a write).
+        self._pending = 0
+        self._in_flight: trio.Nursery | None = None
+        # The socket, when the bytes can be handed to it without waiting (see _write_now).
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         session.outbox = self
 
     @property
@@ -126,12 +136,19 @@ class Connection:
                 # connections never have one, and an idle task costs memory per connection.
                 self._writer_nursery = writer
                 async with trio.open_nursery() as in_flight:
-                    if not await self._read_loop(in_flight):
-                        # Hang up now, but let in-flight requests finish: their GPU work is
-                        # queued already, and a failed notification must still be logged.
-                        # Their replies have nowhere to go and are dropped in _send.
-                        await trio.aclose_forcefully(self._stream)
-                        self._done.set()
+                    self._in_flight = in_flight
+                    try:
+                        if not await self._read_loop(in_flight):
+                            # Hang up now, but let in-flight requests finish: their GPU work
+                            # is queued already, and a failed notification must still be
+                            # logged. Their replies have nowhere to go and are dropped.
+                            await trio.aclose_forcefully(self._stream)
+                            self._dead = True
+                            self._done.set()
+                        await self._replies_made()
+                    finally:
+                        # What reports after this (the connection was cut) is dropped.
+                        self._in_flight = None
                 if self.session.subscriptions:
                     # The client half-closed but may still be reading (`socat -t 10`):
                     # stream until it hangs up (a write fails) or the daemon drains.
@@ -271,6 +288,10 @@ class Connection:
             raise
         finally:
             self._line_keys = None
+        if isinstance(reply, Later):
+            self._pending += 1
+            reply.on_done(functools.partial(self._reply_ready, keys))
+            return
         if inspect.isawaitable(reply):
             in_flight.start_soon(self._finish, reply, keys)
             return
@@ -292,6 +313,96 @@ class Connection:
         finally:
             self._slots.release()
         self._release(keys)
+
+    def _reply_ready(self, keys: list[str], done: Later[Message | None]) -> None:
+        """A request's reply is made (in its work's report, on the trio thread): queue it.
+
+        It is queued and handed to the socket at once when there is room and nothing else
+        is queueing or writing (the usual case); otherwise a task waits for room, as a
+        reply made by a task does, or the write under way takes it along.
+        """
+        try:
+            self._queue_ready(keys, done)
+        except Exception:  # a bug: this runs in trio's run_sync_soon queue, never raise
+            log.exception("%s: a reply could not be queued", self.session.describe())
+
+    def _queue_ready(self, keys: list[str], done: Later[Message | None]) -> None:
+        message = done.get()  # never raises: the dispatcher made any error a response
+        if self._in_flight is None:  # the connection was cut while this was in flight
+            return
+        if message is not None and (
+            isinstance(message, list) or self._streaming or self._queued() > OUTGOING_CAP
+        ):
+            self._in_flight.start_soon(self._send_ready, message, keys)
+            return
+        if message is not None and not self._dead:
+            data = encode_reply(message)
+            assert data is not None
+            self._outgoing += data
+            if not self._flushing:
+                self._write_now()
+        self._slots.release()
+        self._release(keys)
+        self._one_less()
+
+    async def _send_ready(self, message: Message, keys: list[str]) -> None:
+        try:
+            await self._send_message(message)
+        finally:
+            self._slots.release()
+            self._one_less()
+        self._release(keys)
+
+    def _one_less(self) -> None:
+        self._pending -= 1
+        if not self._pending:
+            self._changed()
+
+    async def _replies_made(self) -> None:
+        """Wait until every request read has its reply queued (and being written)."""
+        try:
+            while self._pending:
+                await self._flushed.wait()
+        except trio.Cancelled:
+            if self._pending:
+                log.warning(
+                    "%s: %d request(s) abandoned: the daemon stopped",
+                    self.session.describe(),
+                    self._pending,
+                )
+            raise
+
+    def _write_now(self) -> None:
+        """Hand the queued bytes to the socket without waiting; a flush task writes what it
+        does not take at once (a full socket buffer), with the client deadline.
+
+        No scheduler round and no task: a reply made in its work's report is on the wire
+        before the report returns.
+        """
+        try:
+            if self._flushing or self._dead or not self._outgoing or self._in_flight is None:
+                return
+            fd = -1 if self._socket is None else self._socket.fileno()
+            if fd >= 0:
+                try:
+                    sent = os.write(fd, self._outgoing)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    # Nobody to answer; stop reading too, which ends the connection.
+                    self._dead = True
+                    self._outgoing = bytearray()
+                    self.drain()
+                    self._changed()
+                    return
+                del self._outgoing[:sent]
+                if not self._outgoing:
+                    self._changed()
+                    return
+            self._flushing = True
+            self._in_flight.start_soon(self._flush_claimed)
+        except Exception:  # a bug: this runs in trio's run_sync_soon queue, never raise
+            log.exception("%s: a reply could not be written", self.session.describe())
 
     async def _send_message(self, message: Message) -> bool:
         if isinstance(message, list):
@@ -360,6 +471,10 @@ class Connection:
     async def _flush(self) -> None:
         """Write everything queued, including what others queue meanwhile."""
         self._flushing = True
+        await self._flush_claimed()
+
+    async def _flush_claimed(self) -> None:
+        """_flush, for a caller that has set _flushing already."""
         try:
             while self._outgoing and not self._dead:
                 # Handed over whole, not copied: a new buffer takes what is queued meanwhile.
