@@ -10,6 +10,7 @@ Nothing here waits or touches a socket, so every rule is tested synchronously.
 from __future__ import annotations
 
 import enum
+import functools
 import http
 from collections.abc import Sequence
 
@@ -18,6 +19,10 @@ import h11
 
 #: Request heads (request line and headers) longer than this get 431.
 MAX_HEAD_BYTES = 16 * 1024
+#: Response heads kept for reuse (see ServerProtocol.respond); past this many, they start over.
+MAX_CACHED_HEADS = 256
+#: Every whole response ends the same way; h11 events are immutable, so one does for all.
+_END = h11.EndOfMessage()
 
 Headers = Sequence[tuple[str, str]]
 
@@ -59,11 +64,31 @@ class Failure:
     reason: str
 
 
+@functools.cache
 def reason_phrase(status: int) -> bytes:
     try:
         return http.HTTPStatus(status).phrase.encode()
     except ValueError:
         return b""
+
+
+#: Response events by (status, content type, length, extra headers), shared by all
+#: connections: a daemon answers with few distinct heads (the same route gives the same
+#: length), and an event built once skips h11's validation of every header each time.
+_heads: dict[tuple[int, str, int, Headers], h11.Response] = {}
+
+
+def _head(status: int, content_type: str, length: int, headers: Headers) -> h11.Response:
+    key = (status, content_type, length, headers)
+    event = _heads.get(key)
+    if event is None:
+        if len(_heads) >= MAX_CACHED_HEADS:
+            _heads.clear()
+        fields = [("content-type", content_type), ("content-length", str(length)), *headers]
+        event = _heads[key] = h11.Response(
+            status_code=status, headers=fields, reason=reason_phrase(status)
+        )
+    return event
 
 
 class ServerProtocol:
@@ -76,6 +101,7 @@ class ServerProtocol:
         self._body = bytearray()
         self._output = bytearray()
         self._head_only = False
+        self._headers: tuple[tuple[str, str], ...] = ()
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -90,6 +116,8 @@ class ServerProtocol:
 
     def take_output(self) -> bytes:
         """Bytes to send that no response carries (``100 Continue``)."""
+        if not self._output:
+            return b""
         out = bytes(self._output)
         self._output.clear()
         return out
@@ -104,10 +132,16 @@ class ServerProtocol:
             if event is h11.NEED_DATA:
                 return Wait.NEED_DATA
             if isinstance(event, h11.Request):
+                # Decoded once, in one pass over h11's list (iterating its Headers asks for
+                # each item in turn); h11 has checked every name and value already.
+                self._headers = tuple(
+                    (name.decode("latin-1").lower(), value.decode("latin-1"))
+                    for name, value in event.headers.raw_items()
+                )
                 # h11 bounds a head still arriving; one that came whole is measured here.
-                if _head_bytes(event) > MAX_HEAD_BYTES:
+                if _head_bytes(event, self._headers) > MAX_HEAD_BYTES:
                     return Failure(431, f"request head longer than {MAX_HEAD_BYTES} bytes")
-                length = _content_length(event)
+                length = _content_length(self._headers)
                 if length is not None and length > self._max_body:
                     return Failure(413, f"body of {length} bytes; at most {self._max_body}")
                 self._request = event
@@ -133,27 +167,17 @@ class ServerProtocol:
         path, _, query = target.partition("?")
         method = request.method.decode("ascii")
         self._head_only = method == "HEAD"
-        headers = tuple(
-            (name.decode("latin-1").lower(), value.decode("latin-1"))
-            for name, value in request.headers
-        )
-        return HttpRequest(method, path, query, headers, bytes(self._body))
+        return HttpRequest(method, path, query, self._headers, bytes(self._body))
 
     # -- sending ---------------------------------------------------------------------------
 
     def respond(self, status: int, body: bytes, content_type: str, headers: Headers = ()) -> bytes:
-        """A whole response to the current request."""
-        fields = [
-            ("content-type", content_type),
-            ("content-length", str(len(body))),
-            *headers,
-        ]
-        out = self._h11.send(
-            h11.Response(status_code=status, headers=fields, reason=reason_phrase(status))
-        )
+        """A whole response to the current request, as the bytes of one write."""
+        out = self._h11.send(_head(status, content_type, len(body), tuple(headers)))
+        assert out is not None
         if body and not self._head_only:
             out += self._h11.send(h11.Data(data=body))
-        return out + self._h11.send(h11.EndOfMessage())
+        return out + self._h11.send(_END)
 
     def start_stream(self, content_type: str, headers: Headers = ()) -> bytes:
         """The head of a 200 whose body follows in pieces (chunked)."""
@@ -188,14 +212,14 @@ class ServerProtocol:
         return False
 
 
-def _head_bytes(request: h11.Request) -> int:
+def _head_bytes(request: h11.Request, headers: tuple[tuple[str, str], ...]) -> int:
     """The length of *request*'s head as sent, at the least (h11 drops optional spaces)."""
     line = len(request.method) + len(request.target) + 12  # 2 spaces, HTTP/1.1, CRLF
-    return line + sum(len(name) + len(value) + 3 for name, value in request.headers) + 2
+    return line + sum(len(name) + len(value) + 3 for name, value in headers) + 2
 
 
-def _content_length(request: h11.Request) -> int | None:
-    for name, value in request.headers:
-        if name == b"content-length":
+def _content_length(headers: tuple[tuple[str, str], ...]) -> int | None:
+    for name, value in headers:
+        if name == "content-length":
             return int(value)  # h11 has checked that it is a number
     return None

@@ -32,6 +32,7 @@ from zeusd.core.errors import (
     InvalidParamsError,
     ZeusdError,
 )
+from zeusd.core.later import Later
 from zeusd.core.session import Session
 from zeusd.core.spec import API_GROUPS, GPU_CONTROL, MethodSpec
 from zeusd.http import sse
@@ -96,6 +97,14 @@ def ok(value: Any) -> HttpResponse:
 async def _answer(pending: Awaitable[Any]) -> HttpResponse:
     try:
         return ok(await pending)
+    except ZeusdError as exc:
+        return error_response(exc)
+
+
+def _answer_done(done: Later[Any]) -> HttpResponse:
+    """The response, made in the device work's report (see Later)."""
+    try:
+        return ok(done.get())
     except ZeusdError as exc:
         return error_response(exc)
 
@@ -259,6 +268,8 @@ class HttpFrontEnd:
                 return ok(value)
             if not block:
                 return HttpResponse(200, background=_unawaited(spec.name, value))
+            if isinstance(value, Later):
+                return value.then(_answer_done)
             return _answer(value)
 
         return handle

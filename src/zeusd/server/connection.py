@@ -14,9 +14,10 @@ client does not take within that time ends the connection. A connection that
 sends nothing at all is left alone: holding a connection open is legitimate (subscriptions,
 a training job's whole run); ``--max-connections`` bounds how many there are.
 
-The connection is also its session's :class:`~zeusd.stream.outbox.Outbox`: subscription
-notifications wait in one slot per subscription (newest replaces unsent older) and a writer
-task queues them in the same outgoing buffer as replies, so lines never interleave. A
+The connection is also its session's :class:`~zeusd.stream.outbox.Outbox`: a notification
+is handed to the socket at once when nothing else waits to go out; otherwise it waits in one
+slot per subscription (newest replaces unsent older) and a writer task queues them in the
+same outgoing buffer as replies, so lines never interleave. A
 subscription's lines are held back until the reply that created it has been written, and an
 unsubscribe empties its slot before its reply is written, so no notification comes before
 its subscribe response or after its unsubscribe response.
@@ -28,7 +29,6 @@ import functools
 import inspect
 import logging
 import math
-import os
 from collections import OrderedDict
 from collections.abc import Iterator
 
@@ -45,6 +45,7 @@ from zeusd.rpc.dispatch import (
     reply_parts,
 )
 from zeusd.rpc.framing import LineBuffer
+from zeusd.server.nowait import send_nowait, socket_of
 from zeusd.stream.outbox import PowerSample
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ class Connection:
         self._pending = 0
         self._in_flight: trio.Nursery | None = None
         # The socket, when the bytes can be handed to it without waiting (see _write_now).
-        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._socket = socket_of(stream)
         session.outbox = self
 
     @property
@@ -179,6 +180,14 @@ class Connection:
         if key in self._held:
             self._held[key] = sample
         elif key in self._open:
+            idle = not (self._ready or self._outgoing or self._flushing or self._streaming)
+            if idle and self._in_flight is not None and not self._dead:
+                # Nothing waits to go out: the line is handed to the socket now, with no
+                # wake-up of the writer task. What the socket does not take is flushed, and
+                # newer samples wait in their slots meanwhile.
+                self._outgoing += notification_line(sample)
+                self._write_now()
+                return
             self._ready[key] = sample
             self._ready.move_to_end(key)  # slots go out oldest-first
             self._has_ready.set()
@@ -382,23 +391,19 @@ class Connection:
         try:
             if self._flushing or self._dead or not self._outgoing or self._in_flight is None:
                 return
-            fd = -1 if self._socket is None else self._socket.fileno()
-            if fd >= 0:
-                try:
-                    sent = os.write(fd, self._outgoing)
-                except BlockingIOError:
-                    sent = 0
-                except OSError:
-                    # Nobody to answer; stop reading too, which ends the connection.
-                    self._dead = True
-                    self._outgoing = bytearray()
-                    self.drain()
-                    self._changed()
-                    return
-                del self._outgoing[:sent]
-                if not self._outgoing:
-                    self._changed()
-                    return
+            try:
+                sent = send_nowait(self._socket, self._outgoing)
+            except _GONE:
+                # Nobody to answer; stop reading too, which ends the connection.
+                self._dead = True
+                self._outgoing = bytearray()
+                self.drain()
+                self._changed()
+                return
+            del self._outgoing[:sent]
+            if not self._outgoing:
+                self._changed()
+                return
             self._flushing = True
             self._in_flight.start_soon(self._flush_claimed)
         except Exception:  # a bug: this runs in trio's run_sync_soon queue, never raise

@@ -12,6 +12,7 @@ samples replace the one not yet sent.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import math
@@ -20,10 +21,12 @@ from collections.abc import Awaitable
 import trio
 
 from zeusd.core.errors import INVALID_REQUEST, PARSE_ERROR
+from zeusd.core.later import Later
 from zeusd.core.session import Session
 from zeusd.http.protocol import Failure, HttpRequest, ServerProtocol, Wait
-from zeusd.http.routes import EventStream, HttpFrontEnd, HttpResponse, error_body
+from zeusd.http.routes import EventStream, HttpFrontEnd, HttpResponse, Reply, error_body
 from zeusd.http.sse import CONTENT_TYPE as EVENT_STREAM
+from zeusd.server.nowait import send_nowait, socket_of
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ class HttpConnection:
         client_timeout: float = 30.0,
     ) -> None:
         self._stream = stream
+        self._socket = socket_of(stream)
         self._front_end = front_end
         self.session = session
         self._initial = initial
@@ -120,7 +124,15 @@ class HttpConnection:
     async def _answer(self, request: HttpRequest, background: trio.Nursery) -> bool:
         """Answer one request; False if the connection ends with it (an event stream)."""
         reply = self._front_end.handle(request, self.session)
-        if inspect.isawaitable(reply):
+        # Filled in when the response was made in the device work's report: what of it the
+        # socket did not take at once (None: nothing).
+        early: list[bytes | None] = []
+        if isinstance(reply, Later):
+            # Device work: the response is made and handed to the socket in the work's
+            # report, before this task is even woken.
+            reply.on_done(functools.partial(self._respond_early, early))
+            reply = await reply
+        elif inspect.isawaitable(reply):
             reply = await reply
         if request.header("authorization") is not None and getattr(reply, "status", 200) != 401:
             self.authenticated = True
@@ -128,12 +140,36 @@ class HttpConnection:
             await self._stream_events(reply)
             return False
         assert isinstance(reply, HttpResponse)
-        await self._write(
-            self._protocol.respond(reply.status, reply.body, reply.content_type, reply.headers)
-        )
+        if early:
+            rest = early[0]
+            if rest is not None:
+                await self._write(rest)
+        else:
+            await self._write(
+                self._protocol.respond(reply.status, reply.body, reply.content_type, reply.headers)
+            )
         if reply.background is not None:
             background.start_soon(_run, reply.background)
         return True
+
+    def _respond_early(self, sent: list[bytes | None], done: Later[Reply]) -> None:
+        """In the device work's report: make the response and hand the socket what it takes
+        at once. *sent* gets what is left to write (None: nothing), or stays empty if the
+        response is left to the task (it was not a plain response, or the client is gone)."""
+        try:
+            reply = done.get()
+            if not isinstance(reply, HttpResponse) or reply.background is not None:
+                return
+            data = self._protocol.respond(
+                reply.status, reply.body, reply.content_type, reply.headers
+            )
+            try:
+                taken = send_nowait(self._socket, data)
+            except _GONE:
+                taken = 0  # the task's write finds the client gone
+            sent.append(data[taken:] if taken < len(data) else None)
+        except Exception:  # a bug: this runs in trio's run_sync_soon queue, never raise
+            log.exception("%s: an HTTP response could not be made", self.session.describe())
 
     async def _stream_events(self, stream: EventStream) -> None:
         await self._write(
@@ -187,9 +223,17 @@ class HttpConnection:
             await self._write(self._protocol.refuse(status, body, "application/json"))
 
     async def _write(self, data: bytes) -> None:
+        # Most responses fit the socket's buffer: handed over at once, with no scheduler
+        # round; only the rest waits, with the deadline.
+        try:
+            sent = send_nowait(self._socket, data)
+        except _GONE:
+            raise _Gone from None
+        if sent == len(data):
+            return
         with trio.move_on_after(self._client_timeout) as scope:
             try:
-                await self._stream.send_all(data)
+                await self._stream.send_all(memoryview(data)[sent:])
             except _GONE:
                 raise _Gone from None
         if scope.cancelled_caught:
