@@ -29,6 +29,10 @@ from zeusd.gpu.ledger import SettingsLedger
 from zeusd.gpu.overrides import OverriddenBackend, OverridesError, load_overrides
 from zeusd.gpu.records import RecordStore, StateDirError
 from zeusd.http.routes import HttpFrontEnd
+from zeusd.metrics.collector import ZeusdCollector
+from zeusd.metrics.exporter import Exporter
+from zeusd.metrics.gauges import GpuGauges
+from zeusd.metrics.tally import Tally
 from zeusd.recovery import recover
 from zeusd.rpc.dispatch import Dispatcher
 from zeusd.server import listeners
@@ -36,7 +40,7 @@ from zeusd.server.daemon import Server, stop_on_signals
 from zeusd.server.listeners import StartupError
 from zeusd.sim import SimAmdsmi, SimConfigError, SimNvml, default_sim_gpus, load_sim_config
 from zeusd.stream.hub import MIN_INTERVAL_MS, PowerHub, SubscriptionBudget
-from zeusd.stream.sources import CpuPowerSource, GpuPowerSource
+from zeusd.stream.sources import CpuPowerSource, GpuPowerSource, GpuReadingsSource
 
 log = logging.getLogger(__name__)
 #: The readiness line goes through its own logger, which cli.py keeps at INFO whatever
@@ -173,11 +177,12 @@ async def serve(
     """Listen and serve until stopped. Raises StartupError before ``started``."""
     groups, cpus = enabled_groups(config)
     store = open_state_dir(config)
+    tally = Tally()
     try:
         if store is not None:
             # Before any connection can arrive: undo what a crashed daemon promised to.
-            await trio.to_thread.run_sync(recover, store, backend)
-        await _serve(config, backend, groups, cpus, store, handle_signals, task_status)
+            tally = Tally(restores=await trio.to_thread.run_sync(recover, store, backend))
+        await _serve(config, backend, groups, cpus, store, tally, handle_signals, task_status)
     finally:
         if store is not None:
             left = list(store.names())
@@ -197,6 +202,7 @@ async def _serve(
     groups: tuple[str, ...],
     cpus: tuple[RaplCpu, ...],
     store: RecordStore | None,
+    tally: Tally,
     handle_signals: bool,
     task_status: trio.TaskStatus[Running],
 ) -> None:
@@ -221,6 +227,13 @@ async def _serve(
         budget,
     )
     cpu_power = PowerHub("cpu", CpuPowerSource(cpus), (cpu.id for cpu in cpus), budget)
+    # The metrics' own poller (power, energy, limit in one lane job a GPU), polling only
+    # while scrapes come; its one subscription is not a client's (a budget of its own).
+    gpu_ids = range(len(backend.devices))
+    readings = PowerHub(
+        "gpu-metrics", GpuReadingsSource(backend.devices, backend.infos, lanes), gpu_ids
+    )
+    gauges = GpuGauges(readings, gpu_ids)
     context = Context(
         version=__version__,
         backend=backend.name,
@@ -245,7 +258,9 @@ async def _serve(
             store,
             [info.uuid for info in backend.infos],
             restore_on_exit=config.restore_on_exit,
+            on_restore=tally.restored,
         ),
+        observer=tally,
     )
     methods = build_methods()
     dispatcher = Dispatcher(methods, context, config.max_batch)
@@ -255,6 +270,7 @@ async def _serve(
         dispatcher,
         gpu_interval_ms=interval_ms(config.gpu_power_poll_hz),
         cpu_interval_ms=interval_ms(config.cpu_power_poll_hz),
+        metrics=Exporter(ZeusdCollector(backend.infos, gauges, tally, cpus), gauges),
     )
     on_closed: Callable[[], None] = _nothing
     socket_file: listeners.UnixSocketFile | None = None
@@ -288,6 +304,7 @@ async def _serve(
             context, config.restore_on_exit, sessions
         ),
         http=http,
+        observer=tally,
     )
     try:
         async with trio.open_nursery() as nursery:
@@ -297,6 +314,8 @@ async def _serve(
             # The hubs sleep on an event while nobody subscribes; they end with the nursery.
             await nursery.start(gpu_power.run)
             await nursery.start(cpu_power.run)
+            await nursery.start(readings.run)
+            await nursery.start(gauges.run)
             await nursery.start(cpu_table.track_wraps)
             await nursery.start(server.run, listener, on_closed)
             count = len(backend.devices)

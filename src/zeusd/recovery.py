@@ -14,12 +14,13 @@ from zeusd.gpu.records import Record, RecordStore, boot_id
 log = logging.getLogger(__name__)
 
 
-def recover(store: RecordStore, backend: GpuBackend) -> None:
+def recover(store: RecordStore, backend: GpuBackend) -> int:
     """Restore what is marked to be restored, keep the rest; leave no record behind but
-    those that could not be acted on (moved aside). Blocks (NVML): run it in a thread."""
+    those that could not be acted on (moved aside); return how many settings were put back.
+    Blocks (NVML): run it in a thread."""
     records = store.load()
     if not records:
-        return
+        return 0
     log.warning(
         "%s holds %d restore record(s): the last daemon did not exit cleanly",
         store.path,
@@ -27,6 +28,7 @@ def recover(store: RecordStore, backend: GpuBackend) -> None:
     )
     uuids = [info.uuid for info in backend.infos]
     this_boot = boot_id()
+    restored = 0
     for record in records:
         if record.boot_id and this_boot and record.boot_id != this_boot:
             log.info(
@@ -39,10 +41,12 @@ def recover(store: RecordStore, backend: GpuBackend) -> None:
         if record.uuid not in uuids:
             store.set_aside(record.name, f"GPU {record.uuid or '?'} is not on this node")
             continue
-        _act(store, backend, uuids.index(record.uuid), record)
+        restored += _act(store, backend, uuids.index(record.uuid), record)
+    return restored
 
 
-def _act(store: RecordStore, backend: GpuBackend, gpu: int, record: Record) -> None:
+def _act(store: RecordStore, backend: GpuBackend, gpu: int, record: Record) -> int:
+    """Act on one record; 1 if a setting was put back, else 0."""
     if not record.restore:
         log.info(
             "GPU %d: %s kept as %s left it (%s)",
@@ -52,7 +56,7 @@ def _act(store: RecordStore, backend: GpuBackend, gpu: int, record: Record) -> N
             record.reason,
         )
         store.remove(record.gpu, record.setting)
-        return
+        return 0
     value = from_record_value(record.before)
     try:
         restore_setting(backend.devices[gpu], record.setting, value)
@@ -60,7 +64,7 @@ def _act(store: RecordStore, backend: GpuBackend, gpu: int, record: Record) -> N
         log.warning("GPU %d: restoring %s to %r failed: %s", gpu, record.setting, value, exc)
         record_start_restore(gpu, record.setting, record.before, record.changed_by, exc.detail())
         store.set_aside(record.name, f"restoring it failed: {exc}")
-        return
+        return 0
     log.info(
         "GPU %d: %s restored to %r (%s of %s; the last daemon did not exit cleanly)",
         gpu,
@@ -71,3 +75,4 @@ def _act(store: RecordStore, backend: GpuBackend, gpu: int, record: Record) -> N
     )
     record_start_restore(gpu, record.setting, record.before, record.changed_by, None)
     store.remove(record.gpu, record.setting)
+    return 1

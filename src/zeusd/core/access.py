@@ -22,21 +22,29 @@ from zeusd.core.spec import GPU_CONTROL, MethodSpec
 
 def check_access(policy: Policy, session: Session, spec: MethodSpec) -> None:
     """Raise the ZeusdError that refuses *spec* to *session*, or return."""
-    if spec.group is not None and spec.group not in policy.enabled_groups:
-        raise GroupDisabledError(spec.name, spec.group)
-    if spec.public:
+    check_group(policy, session, spec.name, spec.group, public=spec.public)
+
+
+def check_group(
+    policy: Policy, session: Session, name: str, group: str | None, *, public: bool = False
+) -> None:
+    """The same gate for *name*, open to whoever may call the methods of *group*; also for
+    what is not a method (``GET /metrics`` is open to whoever may call gpu-read)."""
+    if group is not None and group not in policy.enabled_groups:
+        raise GroupDisabledError(name, group)
+    if public:
         return
     if policy.requires_token(session.transport) and not session.authenticated:
         raise AuthRequiredError(
-            f"this connection must call session.authenticate with a token before {spec.name}"
+            f"this connection must call session.authenticate with a token before {name}"
         )
     if expired(policy, session):
         raise AuthRequiredError("the session's token has expired; authenticate again")
-    if spec.group is None:
+    if group is None:
         return
-    reason = refusal(policy, session, spec.group)
+    reason = refusal(policy, session, group)
     if reason is not None:
-        raise PermissionDeniedError(spec.name, reason)
+        raise PermissionDeniedError(name, reason)
 
 
 def expired(policy: Policy, session: Session) -> bool:

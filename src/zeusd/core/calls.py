@@ -21,8 +21,15 @@ from typing import Any
 from zeusd.core.access import check_access
 from zeusd.core.audit import record_write
 from zeusd.core.context import Context
-from zeusd.core.errors import InternalError, InvalidParamsError, MethodNotFoundError, ZeusdError
+from zeusd.core.errors import (
+    DeviceError,
+    InternalError,
+    InvalidParamsError,
+    MethodNotFoundError,
+    ZeusdError,
+)
 from zeusd.core.later import Later
+from zeusd.core.observer import OK
 from zeusd.core.session import Session
 from zeusd.core.spec import GPU_CONTROL, MethodSpec
 
@@ -67,46 +74,74 @@ def start(
         value = spec.handler(context, session, **bind(spec, params))
     except Exception as exc:
         error = as_error(spec, exc)
-        _audit(spec, session, params, error, began)
+        _ended(context, spec, session, params, error, began)
         raise error from None
     if isinstance(value, Later):
-        return value.then(functools.partial(_done, spec, session, params, began))
+        return value.then(functools.partial(_done, context, spec, session, params, began))
     if inspect.isawaitable(value):
-        return _finish(spec, session, params, value, began)
-    _audit(spec, session, params, value, began)
+        return _finish(context, spec, session, params, value, began)
+    _ended(context, spec, session, params, value, began)
     return value
 
 
 def _done(
-    spec: MethodSpec, session: Session, params: object, began: float, later: Later[Any]
+    context: Context,
+    spec: MethodSpec,
+    session: Session,
+    params: object,
+    began: float,
+    later: Later[Any],
 ) -> Any:
     """The call's outcome once its device work is done: audited, an error made a ZeusdError."""
     try:
         value = later.get()
     except Exception as exc:
         error = as_error(spec, exc)
-        _audit(spec, session, params, error, began)
+        _ended(context, spec, session, params, error, began)
         raise error from None
-    _audit(spec, session, params, value, began)
+    _ended(context, spec, session, params, value, began)
     return value
 
 
 async def _finish(
-    spec: MethodSpec, session: Session, params: object, pending: Awaitable[Any], began: float
+    context: Context,
+    spec: MethodSpec,
+    session: Session,
+    params: object,
+    pending: Awaitable[Any],
+    began: float,
 ) -> Any:
     try:
         value = await pending
     except Exception as exc:
         error = as_error(spec, exc)
-        _audit(spec, session, params, error, began)
+        _ended(context, spec, session, params, error, began)
         raise error from None
-    _audit(spec, session, params, value, began)
+    _ended(context, spec, session, params, value, began)
     return value
 
 
-def _audit(spec: MethodSpec, session: Session, params: object, outcome: Any, began: float) -> None:
-    if spec.group == GPU_CONTROL:
-        record_write(session, spec.name, params, outcome, time.monotonic() - began)
+def _ended(
+    context: Context,
+    spec: MethodSpec,
+    session: Session,
+    params: object,
+    outcome: Any,
+    began: float,
+) -> None:
+    """Audit a write, and tell the observer how the call ended."""
+    seconds = time.monotonic() - began
+    failed = isinstance(outcome, ZeusdError)
+    observer = context.observer
+    observer.call_finished(spec.name, outcome.code if failed else OK, seconds)
+    if spec.group != GPU_CONTROL:
+        return
+    record_write(session, spec.name, params, outcome, seconds)
+    applied = outcome.data["succeeded"] if isinstance(outcome, DeviceError) else ()
+    if not failed and isinstance(outcome, dict):
+        applied = outcome.get("applied", ())
+    for gpu in applied:
+        observer.gpu_written(gpu, spec.name)
 
 
 def lookup(methods: Mapping[str, MethodSpec], name: str) -> MethodSpec:

@@ -13,6 +13,7 @@ from zeusd.core.cpus import CpuTable
 from zeusd.core.errors import DEVICE_FAILURES, DeviceError, InvalidParamsError, failure_detail
 from zeusd.core.gpu_commands import GpuCommand, GpuTable
 from zeusd.core.later import Later
+from zeusd.core.observer import NoObserver, Observer
 from zeusd.core.policy import Policy
 from zeusd.core.session import Session
 from zeusd.gpu.device import GpuDevice
@@ -41,6 +42,8 @@ class Context:
     cpu_power: PowerHub | None = None
     #: --max-subscriptions-per-connection (the daemon-wide cap is the hubs' shared budget).
     max_subscriptions_per_connection: int = 32
+    #: Told of every call and every GPU written (the metrics count them).
+    observer: Observer = attrs.field(factory=NoObserver)
 
     def submit(self, command: GpuCommand, session: Session | None = None) -> Later[Any]:
         """Queue *command* on each target GPU's lane now; await the result later.

@@ -126,8 +126,11 @@ class SettingsLedger:
         uuids: Sequence[str] = (),
         *,
         restore_on_exit: bool = False,
+        on_restore: Callable[[], None] = lambda: None,
     ) -> None:
         self._lock = threading.Lock()
+        #: Called, in the lane thread, after each setting put back (the metrics count them).
+        self._on_restore = on_restore
         self._layers: dict[Key, list[_Layer]] = {}
         self._daemon_before: dict[Key, Any] = {}
         #: Keys each session has layers on (lane threads) and GPUs it sent writes to (trio).
@@ -365,6 +368,7 @@ class SettingsLedger:
                 # The record on disk still says how to undo it: the next start tries again.
                 log.warning("GPU %d: restoring %s for %s failed: %s", gpu, name, who, exc)
                 return
+            self._on_restore()
             log.info("GPU %d: %s restored to %r for %s (connection closed)", gpu, name, value, who)
         if waiting and top is not None:
             log.info(
@@ -396,6 +400,7 @@ class SettingsLedger:
         except NvmlCallError as exc:
             log.warning("GPU %d: restoring %s at exit failed: %s", gpu, name, exc)
             return
+        self._on_restore()
         with self._lock:
             self._layers.pop(key, None)
             self._daemon_before.pop(key, None)

@@ -7,8 +7,10 @@ policy, validation, per-GPU ordering, audit and restore bookkeeping are the same
 an :class:`HttpResponse`, an awaitable of one (device work queued), or an
 :class:`EventStream` (Server-Sent Events).
 
-To add a route: ``front_end.router.add("GET", "/metrics", handler)``, where
+To add a route: ``front_end.router.add("GET", "/path", handler)``, where
 ``handler(request, session)`` returns a reply; raising a ZeusdError answers with its status.
+``GET /metrics`` answers with what a :class:`Scrapable` (the metrics exporter, handed in by
+the wiring) makes, to whoever may call gpu-read.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import inspect
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
 from zeusd import tokens
+from zeusd.core.access import check_group
 from zeusd.core.calls import start
 from zeusd.core.context import Context
 from zeusd.core.errors import (
@@ -34,7 +37,7 @@ from zeusd.core.errors import (
 )
 from zeusd.core.later import Later
 from zeusd.core.session import Session
-from zeusd.core.spec import API_GROUPS, GPU_CONTROL, MethodSpec
+from zeusd.core.spec import API_GROUPS, GPU_CONTROL, GPU_READ, MethodSpec
 from zeusd.http import sse
 from zeusd.http.protocol import HttpRequest
 from zeusd.http.query import flag, params_of, split_query
@@ -68,6 +71,17 @@ class EventStream:
 
 Reply = HttpResponse | Awaitable[HttpResponse] | EventStream
 Handler = Callable[[HttpRequest, Session], Reply]
+
+
+class Scrapable(Protocol):
+    """What ``GET /metrics`` answers with: a body, and its content type."""
+
+    @property
+    def content_type(self) -> str: ...
+
+    async def scrape(self) -> bytes:
+        """The exposition now; never waits on a GPU."""
+        ...
 
 
 def _encode(value: Any) -> bytes:
@@ -189,6 +203,7 @@ class HttpFrontEnd:
         *,
         gpu_interval_ms: int = 50,
         cpu_interval_ms: int = 100,
+        metrics: Scrapable | None = None,
     ) -> None:
         self._context = context
         self._dispatcher = dispatcher
@@ -215,6 +230,8 @@ class HttpFrontEnd:
             ),
         )
         self.router.add("POST", "/rpc", self._rpc, changes_session=True)
+        if metrics is not None:
+            self.router.add("GET", "/metrics", self._metrics(metrics))
 
     def handle(self, request: HttpRequest, connection: Session) -> Reply:
         """Answer *request* made on the connection whose session is *connection*."""
@@ -311,11 +328,27 @@ class HttpFrontEnd:
 
         return handle
 
+    def _metrics(self, metrics: Scrapable) -> Handler:
+        policy = self._context.policy
+
+        def handle(request: HttpRequest, session: Session) -> Reply:
+            check_group(policy, session, "/metrics", GPU_READ)
+            given = split_query(request.query)
+            if given:
+                raise InvalidParamsError(next(iter(given)), "/metrics takes no params")
+            return _scrape(metrics)
+
+        return handle
+
     def _rpc(self, request: HttpRequest, session: Session) -> Reply:
         reply = self._dispatcher.handle_line(request.body, session)
         if reply is None or isinstance(reply, bytes):
             return _rpc_response(reply)
         return _rpc_later(reply)
+
+
+async def _scrape(metrics: Scrapable) -> HttpResponse:
+    return HttpResponse(200, await metrics.scrape(), metrics.content_type)
 
 
 def _rpc_response(reply: bytes | None) -> HttpResponse:

@@ -9,6 +9,7 @@ from typing import Protocol
 
 import trio
 
+from zeusd.core.observer import HTTP, JSONRPC, NoObserver, Observer
 from zeusd.core.session import Session
 from zeusd.failure_runs import FailureRun
 from zeusd.gpu.lanes import GpuLanes
@@ -16,7 +17,7 @@ from zeusd.http.routes import HttpFrontEnd
 from zeusd.rpc.dispatch import Dispatcher
 from zeusd.server.accept import serve_listener
 from zeusd.server.connection import Connection
-from zeusd.server.dialect import HTTP, Sniffer
+from zeusd.server.dialect import Sniffer
 from zeusd.server.hangups import Hangups
 from zeusd.server.http_connection import HttpConnection
 from zeusd.server.peercred import database_groups, peer_cred
@@ -63,8 +64,11 @@ class Server:
         on_session_closed: Callable[[Session], None] = lambda session: None,
         before_lanes_close: Callable[[list[Session]], None] = lambda sessions: None,
         http: HttpFrontEnd | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self._dispatcher = dispatcher
+        #: Told of each connection, by dialect, as it opens and closes (the metrics).
+        self._observer = observer or NoObserver()
         self._http = http
         self._transport = transport
         self._lanes = lanes
@@ -148,7 +152,9 @@ class Server:
             return
         dialect, initial = first
         connection: Connection | HttpConnection
+        speaks = JSONRPC
         if dialect == HTTP and self._http is not None:
+            speaks = HTTP
             connection = HttpConnection(
                 stream,
                 self._http,
@@ -172,11 +178,13 @@ class Server:
         if sock is not None:
             self._hangups.add(sock, connection)
         log.debug("connection #%d opened: %s", session.id, session.describe())
+        self._observer.connection_opened(speaks)
         try:
             await connection.serve()
         except Exception:
             log.exception("connection failed; other connections are unaffected")
         finally:
+            self._observer.connection_closed(speaks)
             self._connections.discard(connection)
             if fd >= 0:
                 self._hangups.discard(fd, connection)

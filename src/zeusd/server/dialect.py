@@ -11,8 +11,8 @@ import math
 
 import trio
 
-JSONRPC = "jsonrpc"
-HTTP = "http"
+# The dialects' names, as the observer (metrics) is told them too.
+from zeusd.core.observer import HTTP, JSONRPC
 
 #: HTTP methods whose request line starts an HTTP connection.
 HTTP_METHODS = (b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE")
