@@ -127,16 +127,16 @@ class ZeusdCollector(Collector):
             "error code).",
             labels=("method", "code"),
         )
-        for (method, code), count in sorted(tally.requests.items()):
-            requests.add_metric((method, str(code)), count)
         durations = HistogramMetricFamily(
             "zeusd_request_duration_seconds",
             "Time from a call's access check to its result.",
             labels=("method",),
             unit="seconds",
         )
-        for method, histogram in sorted(tally.durations.items()):
-            durations.add_metric((method,), histogram.cumulative(), histogram.sum)
+        for method, counts in sorted(tally.methods.items()):
+            for code, count in sorted(counts.codes.items()):
+                requests.add_metric((method, str(code)), count)
+            durations.add_metric((method,), counts.cumulative(), counts.sum)
         connections = GaugeMetricFamily(
             "zeusd_connections", "Open client connections, by dialect.", labels=("dialect",)
         )

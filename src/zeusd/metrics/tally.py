@@ -17,25 +17,22 @@ from zeusd.core.observer import HTTP, JSONRPC
 BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-class Histogram:
-    """Observations per bucket (the last one is +Inf) and their sum."""
+class MethodCounts:
+    """One method's calls: per outcome code, and their durations per bucket (the last one
+    is +Inf) with their sum."""
 
-    __slots__ = ("counts", "sum")
+    __slots__ = ("buckets", "codes", "sum")
 
     def __init__(self) -> None:
-        self.counts = [0] * (len(BUCKETS_S) + 1)
+        self.codes: dict[int, int] = {}
+        self.buckets = [0] * (len(BUCKETS_S) + 1)
         self.sum = 0.0
-
-    def observe(self, seconds: float) -> None:
-        # The first bound at or above the value: Prometheus buckets are "less or equal".
-        self.counts[bisect.bisect_left(BUCKETS_S, seconds)] += 1
-        self.sum += seconds
 
     def cumulative(self) -> list[tuple[str, float]]:
         """``(le, observations <= le)`` per bucket, ending with ``+Inf``."""
         buckets: list[tuple[str, float]] = []
         seen = 0
-        for bound, count in zip((*map(str, BUCKETS_S), "+Inf"), self.counts, strict=True):
+        for bound, count in zip((*map(str, BUCKETS_S), "+Inf"), self.buckets, strict=True):
             seen += count
             buckets.append((bound, seen))
         return buckets
@@ -45,10 +42,8 @@ class Tally:
     """Counts, by the labels the metrics carry. One per daemon."""
 
     def __init__(self, restores: int = 0) -> None:
-        #: (method, code) -> calls.
-        self.requests: dict[tuple[str, int], int] = {}
-        #: method -> durations.
-        self.durations: dict[str, Histogram] = {}
+        #: method -> its calls by code, and their durations.
+        self.methods: dict[str, MethodCounts] = {}
         #: dialect -> connections open now.
         self.connections = {JSONRPC: 0, HTTP: 0}
         #: (gpu, method) -> writes applied.
@@ -60,12 +55,15 @@ class Tally:
     # -- Observer --------------------------------------------------------------------------
 
     def call_finished(self, method: str, code: int, seconds: float) -> None:
-        key = (method, code)
-        self.requests[key] = self.requests.get(key, 0) + 1
-        histogram = self.durations.get(method)
-        if histogram is None:
-            histogram = self.durations[method] = Histogram()
-        histogram.observe(seconds)
+        # Inline (no call per count): this runs for every request.
+        counts = self.methods.get(method)
+        if counts is None:
+            counts = self.methods[method] = MethodCounts()
+        codes = counts.codes
+        codes[code] = codes.get(code, 0) + 1
+        # The first bound at or above the value: Prometheus buckets are "less or equal".
+        counts.buckets[bisect.bisect_left(BUCKETS_S, seconds)] += 1
+        counts.sum += seconds
 
     def gpu_written(self, gpu: int, method: str) -> None:
         key = (gpu, method)
