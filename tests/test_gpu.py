@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.gpu
 
@@ -37,6 +38,7 @@ def nvml() -> Iterator[Any]:
 
 class Client:
     def __init__(self, path: str) -> None:
+        self.path = path
         self.sock = socket.socket(socket.AF_UNIX)
         self.sock.connect(path)
         self.file = self.sock.makefile("rb")
@@ -109,6 +111,35 @@ def test_reads_match_nvml(nvml: Any, client: Client) -> None:
     top = max(memory["memory_clocks_mhz"])
     graphics = client.result("gpu.get_supported_graphics_clocks", gpu_ids=[0])["0"]
     assert graphics["graphics_clocks_mhz"] == nvml.nvmlDeviceGetSupportedGraphicsClocks(handle, top)
+
+
+def http_get(path: str, target: str) -> bytes:
+    """One HTTP/1.1 GET over the Unix socket at *path*; returns the body of a 200."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(path)
+        sock.sendall(f"GET {target} HTTP/1.1\r\nhost: zeusd\r\nconnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return body
+
+
+def test_metrics_match_nvml(nvml: Any, client: Client) -> None:
+    """/metrics has every GPU, by NVML's uuid and name, with NVML's limits in watts."""
+    body = http_get(client.path, "/metrics").decode()
+    samples = [s for f in text_string_to_metric_families(body) for s in f.samples]
+    for index, handle in enumerate(_handles(nvml)):
+        mine = {s.name: s for s in samples if s.labels.get("gpu") == str(index)}
+        labels = mine["zeusd_gpu_power_watts"].labels
+        assert labels["uuid"] == nvml.nvmlDeviceGetUUID(handle)
+        assert labels["name"] == nvml.nvmlDeviceGetName(handle)
+        assert mine["zeusd_gpu_power_watts"].value > 0
+        limit = nvml.nvmlDeviceGetPowerManagementLimit(handle) / 1000
+        assert mine["zeusd_gpu_power_limit_watts"].value == limit
+        default = nvml.nvmlDeviceGetPowerManagementDefaultLimit(handle) / 1000
+        assert mine["zeusd_gpu_power_limit_default_watts"].value == default
 
 
 def test_energy_counter_is_monotonic(client: Client) -> None:

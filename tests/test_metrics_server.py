@@ -107,6 +107,22 @@ async def test_calls_writes_and_connections_are_counted(
             await trio.sleep(0.2)
 
 
+async def test_a_write_that_fails_on_one_gpu_counts_the_others(
+    daemon: SimDaemon, client: LineClient
+) -> None:
+    """-32001 for GPU 1: the call counts under that code, the write only on GPU 0."""
+    daemon.sim.devices[1].faults["set_power_limit"] = "NVML_ERROR_NO_PERMISSION"
+    reply = await client.call("gpu.set_power_limit", {"gpu_ids": [0, 1], "power_limit_mw": 300_000})
+    assert reply["error"]["data"]["succeeded"] == [0]
+    samples = await scrape(daemon)
+    assert values(samples, "zeusd_requests_total", "method", "code") == {
+        ("gpu.set_power_limit", "-32001"): 1
+    }
+    assert values(samples, "zeusd_gpu_writes_total", "gpu", "method") == {
+        ("0", "gpu.set_power_limit"): 1
+    }
+
+
 async def test_a_restore_on_close_is_counted(daemon: SimDaemon) -> None:
     """A connection that asked for restore-on-close closes: one restore per setting."""
     writer = await daemon.connect()

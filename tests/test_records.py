@@ -176,7 +176,7 @@ def test_recovery_restores_marked_and_keeps_the_rest(store: RecordStore, caplog:
     store.put(_record(uuid=uuids[1], gpu=1, restore=False, before=700_000, reason="kept"))
     store.put(_record(uuid=uuids[1], gpu=1, setting="persistence_mode", before=False))
     store.put(_record(uuid=uuids[0], setting="gpu_locked_clocks", before=None))
-    recover(store, backend)
+    assert recover(store, backend) == 3  # put back, for zeusd_restores_total
     devices = sim.devices
     assert devices[0].power_limit_mw == 650_000
     assert devices[1].power_limit_mw == 250_000
@@ -224,7 +224,7 @@ def test_a_failed_restore_is_audited_and_set_aside(store: RecordStore, caplog: A
     sim.devices[0].faults["set_power_limit"] = "NVML_ERROR_NO_PERMISSION"
     sim.arm()
     store.put(_record(uuid=backend.infos[0].uuid))
-    recover(store, backend)
+    assert recover(store, backend) == 0
     audits = [r.audit for r in caplog.records if r.name == "zeusd.audit"]
     assert [a["status"] for a in audits] == ["device error"]
     assert audits[0]["gpus"]["0"]["nvml_error"] == "NVML_ERROR_NO_PERMISSION"
