@@ -49,24 +49,17 @@ async def fetch(stream: trio.SocketStream, buffer: bytearray) -> bytes:
     return body
 
 
-async def scraper(path: str, times: list[float], stop: trio.Event) -> None:
+async def scraper(path: str, times: list[float]) -> None:
+    """Scrape every SCRAPE_EVERY_S on one keep-alive connection, until cancelled."""
     stream = await trio.open_unix_socket(path)
     buffer = bytearray()
     async with stream:
-        with trio.move_on_at(trio.current_time() + 3600) as scope:
-
-            async def cancel_on_stop() -> None:
-                await stop.wait()
-                scope.cancel()
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(cancel_on_stop)
-                while True:
-                    began = trio.current_time()
-                    body = await fetch(stream, buffer)
-                    times.append(trio.current_time() - began)
-                    assert body.count(b"\nzeusd_gpu_power_watts{") == GPUS, body[:2000]
-                    await trio.sleep_until(began + SCRAPE_EVERY_S)
+        while True:
+            began = trio.current_time()
+            body = await fetch(stream, buffer)
+            times.append(trio.current_time() - began)
+            assert body.count(b"\nzeusd_gpu_power_watts{") == GPUS, body[:2000]
+            await trio.sleep_until(began + SCRAPE_EVERY_S)
 
 
 async def measure(path: str, pid: int, seconds: float, scraped: bool) -> tuple[float, list[float]]:
@@ -80,12 +73,14 @@ async def measure(path: str, pid: int, seconds: float, scraped: bool) -> tuple[f
             nursery.start_soon(subscriber, path, counts, i, readies[i], stop)
         for ready in readies:
             await ready.wait()
-        if scraped:
-            nursery.start_soon(scraper, path, times, stop)
-        await trio.sleep(1.5)  # every stream, and the poller, settled
-        before = cpu_seconds(pid)
-        await trio.sleep(seconds)
-        used = cpu_seconds(pid) - before
+        async with trio.open_nursery() as scrapes:
+            if scraped:
+                scrapes.start_soon(scraper, path, times)
+            await trio.sleep(1.5)  # every stream, and the poller, settled
+            before = cpu_seconds(pid)
+            await trio.sleep(seconds)
+            used = cpu_seconds(pid) - before
+            scrapes.cancel_scope.cancel()
         stop.set()
     return used, times
 

@@ -309,6 +309,24 @@ def run_zeusd(*args: str, timeout: float = 20.0, **kwargs: Any) -> subprocess.Co
     )
 
 
+def write_token_key(directory: str) -> str:
+    """A fresh ``--token-key`` file in *directory* (mode 0600, as the daemon requires)."""
+    path = os.path.join(directory, "key")
+    with open(path, "wb") as f:
+        f.write(os.urandom(32))
+    os.chmod(path, 0o600)
+    return path
+
+
+def issue_token(key: str, scopes: str, subject: str = "alice") -> str:
+    """A token for *subject* with *scopes* (comma list), from ``zeusd token issue``."""
+    argv = ["token", "issue", "--token-key", key, "--subject", subject, "--scopes", scopes]
+    done = subprocess.run(
+        [ZEUSD, *argv, "--expires", "1h"], capture_output=True, text=True, check=True, timeout=30
+    )
+    return done.stdout.strip()
+
+
 def write_sim_config(directory: str, text: str) -> str:
     path = os.path.join(directory, "sim.toml")
     with open(path, "w", encoding="utf-8") as f:

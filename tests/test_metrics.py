@@ -146,14 +146,22 @@ async def test_a_stuck_gpu_keeps_its_values_for_10_s_then_is_left_out(
 # --- polling while scrapes come -------------------------------------------------------------
 
 
+async def running_exporter(
+    nursery: trio.Nursery, behaviour: Callable[[int], Any] = lambda gpu: readings()
+) -> tuple[Exporter, GpuGauges, PowerHub, FakeSource]:
+    """Two GPUs behind a running metrics hub, its gauges and an exporter."""
+    gauges, hub, source = gauges_for(2, behaviour)
+    exporter = Exporter(ZeusdCollector(infos(2), gauges, Tally()), gauges)
+    await nursery.start(hub.run)
+    await nursery.start(gauges.run)
+    return exporter, gauges, hub, source
+
+
 async def test_polling_starts_with_the_first_scrape_and_stops_when_idle(
     autojump_clock: trio.abc.Clock, nursery: trio.Nursery
 ) -> None:
     """No reads before a scrape; about one a second per GPU while scraped; none after IDLE_S."""
-    gauges, hub, source = gauges_for()
-    exporter = Exporter(ZeusdCollector(infos(2), gauges, Tally()), gauges)
-    await nursery.start(hub.run)
-    await nursery.start(gauges.run)
+    exporter, gauges, hub, source = await running_exporter(nursery)
     await trio.sleep(60)
     assert source.reads == {}
     first = parse(await exporter.scrape())
@@ -177,10 +185,7 @@ async def test_scrapes_keep_the_poller_running(
     autojump_clock: trio.abc.Clock, nursery: trio.Nursery
 ) -> None:
     """A scrape every minute, for longer than IDLE_S: the one subscription stays."""
-    gauges, hub, _ = gauges_for()
-    exporter = Exporter(ZeusdCollector(infos(2), gauges, Tally()), gauges)
-    await nursery.start(hub.run)
-    await nursery.start(gauges.run)
+    exporter, _, hub, _ = await running_exporter(nursery)
     for _ in range(int(2 * IDLE_S / 60)):
         await exporter.scrape()
         assert hub.subscriber_count == 1
@@ -192,12 +197,9 @@ async def test_a_hung_gpu_never_holds_up_a_scrape(
 ) -> None:
     """GPU 1's read never finishes: the first scrape answers within FIRST_READINGS_S with
     GPU 0 only, later ones at once, and GPU 1's one read is never started again."""
-    gauges, hub, source = gauges_for(
-        behaviour=lambda gpu: "hang" if gpu == 1 else readings(), count=2
+    exporter, _, _, source = await running_exporter(
+        nursery, lambda gpu: "hang" if gpu == 1 else readings()
     )
-    exporter = Exporter(ZeusdCollector(infos(2), gauges, Tally()), gauges)
-    await nursery.start(hub.run)
-    await nursery.start(gauges.run)
     began = trio.current_time()
     first = parse(await exporter.scrape())
     assert trio.current_time() - began <= FIRST_READINGS_S

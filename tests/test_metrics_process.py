@@ -24,11 +24,12 @@ from typing import Any
 import pytest
 
 from process_helpers import (
-    ZEUSD,
     DaemonProcess,
+    issue_token,
     running_daemon,
     start_daemon,
     write_sim_config,
+    write_token_key,
 )
 
 pytestmark = pytest.mark.process
@@ -133,25 +134,6 @@ def discovered(daemon: DaemonProcess) -> list[dict[str, Any]]:
         return gpus
 
 
-def key_file(directory: str) -> str:
-    path = os.path.join(directory, "token.key")
-    with open(path, "wb") as f:
-        f.write(os.urandom(32))
-    os.chmod(path, 0o600)
-    return path
-
-
-def issue(key: str, scopes: str) -> str:
-    argv = ["token", "issue", "--token-key", key, "--subject", "prometheus", "--scopes", scopes]
-    done = subprocess.run(
-        [ZEUSD, *argv, "--expires", "1h"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return done.stdout.strip()
-
-
 def gpu_labels(result: list[dict[str, Any]], job: str) -> set[tuple[str, str, str]]:
     return {
         (r["metric"]["gpu"], r["metric"]["uuid"], r["metric"]["name"])
@@ -187,7 +169,7 @@ def test_prometheus_scrapes_every_simulated_gpu() -> None:
 def test_prometheus_scrapes_with_a_bearer_token(tmp_path: Any) -> None:
     """With --token-key, a scrape_config whose authorization carries a gpu-read token gets
     the series; one whose token lacks gpu-read is refused (the target is down)."""
-    key = key_file(str(tmp_path))
+    key = write_token_key(str(tmp_path))
     args = ("--mode", "tcp", "--tcp-bind-address", "127.0.0.1:0", "--token-key", key)
     with running_daemon(*args, sim_gpus=2) as d:
         gpus = discovered(d)
@@ -196,12 +178,12 @@ def test_prometheus_scrapes_with_a_bearer_token(tmp_path: Any) -> None:
             {
                 "job_name": "reader",
                 "static_configs": [target],
-                "authorization": {"credentials": issue(key, "gpu-read")},
+                "authorization": {"credentials": issue_token(key, "gpu-read", "prometheus")},
             },
             {
                 "job_name": "writer-only",
                 "static_configs": [target],
-                "authorization": {"credentials": issue(key, "gpu-control")},
+                "authorization": {"credentials": issue_token(key, "gpu-control", "prometheus")},
             },
         ]
         with running_prometheus(jobs) as prometheus:

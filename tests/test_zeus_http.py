@@ -22,7 +22,14 @@ import jwt
 import pytest
 
 from fake_rapl import make_tree
-from process_helpers import ZEUSD, DaemonProcess, result_of, running_daemon, short_tempdir
+from process_helpers import (
+    DaemonProcess,
+    issue_token,
+    result_of,
+    running_daemon,
+    short_tempdir,
+    write_token_key,
+)
 
 pytest.importorskip("zeus", reason="the zeus extra is not installed")
 pytestmark = pytest.mark.process
@@ -132,40 +139,9 @@ def test_zeus_errors_are_zeusd_errors(uds: DaemonProcess) -> None:
     assert "-32602" in got
 
 
-def _key(directory: str) -> str:
-    path = os.path.join(directory, "key")
-    with open(path, "wb") as f:
-        f.write(os.urandom(32))
-    os.chmod(path, 0o600)
-    return path
-
-
-def _issue(key: str, scopes: str) -> str:
-    done = subprocess.run(
-        [
-            ZEUSD,
-            "token",
-            "issue",
-            "--token-key",
-            key,
-            "--subject",
-            "alice",
-            "--scopes",
-            scopes,
-            "--expires",
-            "1h",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    )
-    return done.stdout.strip()
-
-
 def test_tokens_over_tcp(tmp_path: Path) -> None:
     """Over TCP, Zeus with ZEUSD_TOKEN authenticates; scopes limit it; upstream's tokens work."""
-    key = _key(str(tmp_path))
+    key = write_token_key(str(tmp_path))
     with running_daemon(
         "--mode", "tcp", "--tcp-bind-address", "127.0.0.1:0", "--signing-key-path", key
     ) as daemon:
@@ -189,7 +165,7 @@ def test_tokens_over_tcp(tmp_path: Path) -> None:
             print(json.dumps(out))
         """
         full = run_zeus(
-            script, ZEUSD_HOST_PORT=host_port, ZEUSD_TOKEN=_issue(key, "gpu-control,gpu-read")
+            script, ZEUSD_HOST_PORT=host_port, ZEUSD_TOKEN=issue_token(key, "gpu-control,gpu-read")
         )
         assert full == {
             "auth": True,
@@ -198,7 +174,8 @@ def test_tokens_over_tcp(tmp_path: Path) -> None:
             "write": "ok",
             "read": {"0": 300000},
         }
-        reader = run_zeus(script, ZEUSD_HOST_PORT=host_port, ZEUSD_TOKEN=_issue(key, "gpu-read"))
+        token = issue_token(key, "gpu-read")
+        reader = run_zeus(script, ZEUSD_HOST_PORT=host_port, ZEUSD_TOKEN=token)
         assert "-32002" in reader["write"]
         assert reader["read"] == {"0": 300000}
         # What upstream's `zeusd token issue` makes: HS256 with sub, scopes, exp only.
@@ -346,7 +323,7 @@ def test_curl_over_unix_socket(uds: DaemonProcess) -> None:
 
 def test_curl_streams_and_tcp(tmp_path: Path) -> None:
     """Over TCP curl reads the SSE stream; a token is needed past /discover and /time."""
-    key = _key(str(tmp_path))
+    key = write_token_key(str(tmp_path))
     with running_daemon(
         "--mode", "tcp", "--tcp-bind-address", "127.0.0.1:0", "--token-key", key
     ) as daemon:
@@ -355,7 +332,7 @@ def test_curl_streams_and_tcp(tmp_path: Path) -> None:
         code, body = curl(f"{base}/gpu/get_power")
         assert code == 401
         assert json.loads(body)["error"]["code"] == -32005
-        auth = ["-H", f"Authorization: Bearer {_issue(key, 'gpu-read')}"]
+        auth = ["-H", f"Authorization: Bearer {issue_token(key, 'gpu-read')}"]
         code, body = curl(*auth, f"{base}/auth/whoami")
         assert code == 200
         assert json.loads(body)["sub"] == "alice"
