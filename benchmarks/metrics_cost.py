@@ -13,7 +13,9 @@ Rounds alternate (plain, scraped, plain, ...), each with its own daemon, so both
 same machine noise. Prints per-round figures, the medians and their ratio (target: at most
 1.1x), and the median scrape time.
 
-Usage: .venv/bin/python benchmarks/metrics_cost.py [--pairs 3] [--seconds 10]
+``--subscribers 0`` shows what the metrics cost a daemon that does nothing else.
+
+Usage: .venv/bin/python benchmarks/metrics_cost.py [--pairs 3] [--seconds 10] [--subscribers N]
 """
 
 from __future__ import annotations
@@ -62,14 +64,16 @@ async def scraper(path: str, times: list[float]) -> None:
             await trio.sleep_until(began + SCRAPE_EVERY_S)
 
 
-async def measure(path: str, pid: int, seconds: float, scraped: bool) -> tuple[float, list[float]]:
-    """The daemon's CPU seconds over *seconds* under 100 subscribers (and scrapes)."""
-    counts = [0] * SUBSCRIBERS
+async def measure(
+    path: str, pid: int, seconds: float, subscribers: int, scraped: bool
+) -> tuple[float, list[float]]:
+    """The daemon's CPU seconds over *seconds* under *subscribers* (and scrapes)."""
+    counts = [0] * subscribers
     stop = trio.Event()
-    readies = [trio.Event() for _ in range(SUBSCRIBERS)]
+    readies = [trio.Event() for _ in range(subscribers)]
     times: list[float] = []
     async with trio.open_nursery() as nursery:
-        for i in range(SUBSCRIBERS):
+        for i in range(subscribers):
             nursery.start_soon(subscriber, path, counts, i, readies[i], stop)
         for ready in readies:
             await ready.wait()
@@ -85,12 +89,12 @@ async def measure(path: str, pid: int, seconds: float, scraped: bool) -> tuple[f
     return used, times
 
 
-def one_round(seconds: float, scraped: bool) -> tuple[float, list[float]]:
+def one_round(seconds: float, subscribers: int, scraped: bool) -> tuple[float, list[float]]:
     with tempfile.TemporaryDirectory(prefix="zd-bench-") as directory:
         zeusd, path = start_zeusd(directory)
         try:
             time.sleep(1.0)  # past its imports
-            return trio.run(measure, path, zeusd.pid, seconds, scraped)
+            return trio.run(measure, path, zeusd.pid, seconds, subscribers, scraped)
         finally:
             zeusd.terminate()
             zeusd.wait(timeout=30)
@@ -100,13 +104,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=3, help="rounds of each kind")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--subscribers",
+        type=int,
+        default=SUBSCRIBERS,
+        help="power subscribers (0: what the metrics cost a daemon that does nothing else)",
+    )
     args = parser.parse_args()
     plain: list[float] = []
     scraped: list[float] = []
     scrape_times: list[float] = []
     for n in range(args.pairs):
         for kind, into in (("plain", plain), ("scraped", scraped)):
-            used, times = one_round(args.seconds, kind == "scraped")
+            used, times = one_round(args.seconds, args.subscribers, kind == "scraped")
             into.append(used)
             scrape_times += times
             extra = f", {len(times)} scrapes" if times else ""
@@ -114,11 +124,14 @@ def main() -> None:
     med = statistics.median
     print(
         f"\nmedians over {args.pairs} rounds of each kind, {args.seconds:.0f} s each"
-        f" ({GPUS} GPUs, {SUBSCRIBERS} subscribers at {INTERVAL_MS} ms):"
+        f" ({GPUS} GPUs, {args.subscribers} subscribers at {INTERVAL_MS} ms):"
     )
     print(f"  plain:   zeusd {med(plain):.2f} CPU s")
     print(f"  scraped: zeusd {med(scraped):.2f} CPU s (a scrape every {SCRAPE_EVERY_S:g} s)")
-    print(f"  ratio scraped/plain: {med(scraped) / med(plain):.3f}x (target at most 1.1x)")
+    added = med(scraped) - med(plain)
+    print(f"  scraping costs {1e3 * added / args.seconds:.1f} ms of CPU per second")
+    if med(plain) > 0:
+        print(f"  ratio scraped/plain: {med(scraped) / med(plain):.3f}x (target at most 1.1x)")
     print(f"  scrape time: median {1e3 * med(scrape_times):.1f} ms")
 
 
