@@ -375,7 +375,8 @@ def test_connection_limit_deadline_and_batch_cap(tmp_dir: str) -> None:
                     break
                 time.sleep(0.05)
             assert line
-        assert "line not finished" in daemon.log
+        # The log is read by a thread: wait for the line rather than race it.
+        daemon.wait_for_log("line not finished", timeout=10)
         assert "refusing connections (--max-connections): 2 are open already" in daemon.log
 
 
