@@ -9,6 +9,9 @@
   concurrency costs by itself.
 - ``http PATH``: a bare trio HTTP/1.1 server on a Unix socket that answers every request with
   an empty 200 (keep-alive): the server side of Zeus's own httpx-over-UDS path, doing nothing.
+- ``http-body PATH``: the same, answering with the fixed bytes of zeusd's ``GET /time``
+  response (content type, length and a JSON body). Not a target: it shows what reading a
+  real response costs the client by itself.
 
 Both print ``ready`` on stdout once listening.
 """
@@ -22,6 +25,12 @@ import sys
 import trio
 
 HTTP_REPLY = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+#: What zeusd answers to ``GET /time``, as fixed bytes: the same response for the client to
+#: read (a head of three fields and a JSON body), made at no cost.
+HTTP_BODY_REPLY = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 30\r\n\r\n"
+    b'{"timestamp_ms":1764700000000}'
+)
 
 
 async def _echo(stream: trio.SocketStream) -> None:
@@ -51,7 +60,7 @@ async def _echo_concurrent(stream: trio.SocketStream) -> None:
                 nursery.start_soon(answer, line)
 
 
-async def _http(stream: trio.SocketStream) -> None:
+async def _http(stream: trio.SocketStream, reply: bytes = HTTP_REPLY) -> None:
     buffer = b""
     while data := await stream.receive_some(65536):
         buffer += data
@@ -68,7 +77,11 @@ async def _http(stream: trio.SocketStream) -> None:
                     return
                 buffer += more
             buffer = buffer[length:]
-            await stream.send_all(HTTP_REPLY)
+            await stream.send_all(reply)
+
+
+async def _http_body(stream: trio.SocketStream) -> None:
+    await _http(stream, HTTP_BODY_REPLY)
 
 
 async def _serve(kind: str, path: str) -> None:
@@ -76,7 +89,13 @@ async def _serve(kind: str, path: str) -> None:
     await sock.bind(path)
     sock.listen(1024)
     print("ready", flush=True)
-    handler = {"echo": _echo, "echo-concurrent": _echo_concurrent, "http": _http}[kind]
+    handlers = {
+        "echo": _echo,
+        "echo-concurrent": _echo_concurrent,
+        "http": _http,
+        "http-body": _http_body,
+    }
+    handler = handlers[kind]
 
     async def guarded(stream: trio.SocketStream) -> None:
         # A client hanging up mid-reply must not bring the whole server down.
@@ -88,7 +107,7 @@ async def _serve(kind: str, path: str) -> None:
 
 if __name__ == "__main__":
     kind, path = sys.argv[1], sys.argv[2]
-    if kind not in ("echo", "echo-concurrent", "http"):
-        raise SystemExit("usage: floors.py {echo,echo-concurrent,http} PATH")
+    if kind not in ("echo", "echo-concurrent", "http", "http-body"):
+        raise SystemExit("usage: floors.py {echo,echo-concurrent,http,http-body} PATH")
     with contextlib.suppress(KeyboardInterrupt):
         trio.run(_serve, kind, path)
