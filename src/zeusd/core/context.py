@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Hashable, Sequence
-from typing import Any, cast
+from typing import Any
 
 import attrs
 
@@ -95,9 +95,14 @@ class Context:
 
 def share_key(command: GpuCommand) -> Hashable:
     """Equal for two reads that make the same driver call on a GPU: class and params."""
-    instance = cast(attrs.AttrsInstance, command)  # every command is an attrs class
-    params = attrs.asdict(instance, recurse=False, filter=lambda a, _: a.name != "gpus")
-    return (type(command), *params.values())
+    kind = type(command)
+    return (kind, *(getattr(command, name) for name in _param_names(kind)))
+
+
+@functools.cache
+def _param_names(kind: type) -> tuple[str, ...]:
+    """A command class's params: its attrs fields but the target GPUs (found once)."""
+    return tuple(field.name for field in attrs.fields(kind) if field.name != "gpus")
 
 
 class _Pending(Later[Any]):
