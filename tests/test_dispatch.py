@@ -13,8 +13,9 @@ from zeusd.core.methods import MethodSpec, build_methods
 from zeusd.core.policy import Policy
 from zeusd.core.session import Session
 from zeusd.gpu.backend import NvmlBackend
-from zeusd.rpc.dispatch import Dispatcher
+from zeusd.rpc.dispatch import Dispatcher, encode, notification_line
 from zeusd.sim import SimNvml, default_sim_gpus
+from zeusd.stream.outbox import PowerSample
 
 SESSION = Session(transport="uds")
 
@@ -175,3 +176,21 @@ def test_method_of_disabled_group_is_refused_first() -> None:
     ok = dispatcher.handle_line(b'{"jsonrpc":"2.0","method":"time","id":2}', SESSION)
     assert isinstance(ok, bytes)
     assert b'"result"' in ok
+
+
+def test_notification_line_is_the_encoded_notification() -> None:
+    """A line made from its parts is exactly the compact JSON of the notification object."""
+    shared = {"0": 250000, "1": 300000}
+    samples = [
+        PowerSample("gpu", 'sub "one" é', 1764700000000, shared),
+        PowerSample("gpu", "two", 1764700000001, shared),
+        PowerSample("cpu", "three", 5, {"0": {"cpu_mw": 1, "dram_mw": None}}),
+    ]
+    for sample in samples:
+        params = {
+            "subscription": sample.subscription,
+            "timestamp_ms": sample.timestamp_ms,
+            "power_mw": sample.power_mw,
+        }
+        expected = encode({"jsonrpc": "2.0", "method": f"{sample.kind}.power", "params": params})
+        assert notification_line(sample) == expected

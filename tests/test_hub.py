@@ -245,3 +245,40 @@ async def test_subscriber_waiting_for_a_slow_device_gets_its_next_sample(
     source.held[0].finish(outcome.Value(42))
     await trio.sleep(0.011)
     assert out.lines[sub][0]["params"]["power_mw"] == {"0": 42}
+
+
+class Samples:
+    """An outbox that keeps the samples themselves, to see what subscribers share."""
+
+    def __init__(self) -> None:
+        self.samples: dict[str, list[PowerSample]] = {}
+
+    def register(self, key: str) -> None:
+        pass
+
+    def put(self, key: str, sample: PowerSample) -> None:
+        self.samples.setdefault(key, []).append(sample)
+
+    def drop(self, key: str) -> None:
+        pass
+
+
+async def test_one_round_makes_the_values_of_the_same_devices_once(
+    nursery: trio.Nursery, autojump_clock: Any
+) -> None:
+    """Subscribers of the same devices get one values object a round; others their own."""
+    hub = await run_hub(nursery, FakeSource())
+    out = Samples()
+    both = [hub.subscribe([0, 1], 50, out) for _ in range(3)]
+    alone = hub.subscribe([1], 50, out)
+    await trio.sleep(0.2)
+    firsts = [out.samples[s][0] for s in both]
+    assert all(s.power_mw is firsts[0].power_mw for s in firsts)
+    assert firsts[0].power_mw == {"0": 100, "1": 101}
+    assert out.samples[alone][0].power_mw == {"1": 101}
+    # Each round makes new values: a later line never reuses an earlier round's object.
+    assert out.samples[both[0]][1].power_mw is not firsts[0].power_mw
+    # Lines rendered from shared values are each the subscription's own.
+    lines = [json.loads(notification_line(s)) for s in firsts]
+    assert [line["params"]["subscription"] for line in lines] == both
+    assert all(line["params"]["power_mw"] == {"0": 100, "1": 101} for line in lines)

@@ -310,11 +310,19 @@ class PowerHub:
             _, _, turn, sub = heapq.heappop(due)
             if not sub.ended and turn == sub.turn:
                 candidates[sub.id] = sub
+        # Subscribers of the same devices get the same values this round: made once, so
+        # that a front end can also render them once (see rpc.dispatch.notification_line).
+        shared: dict[tuple[int, ...], tuple[int, dict[str, Any]]] = {}
         for sub in candidates.values():
             if not sub.ended:
-                self._offer(sub, now)
+                self._offer(sub, now, shared)
 
-    def _offer(self, sub: _Subscriber, now: float) -> None:
+    def _offer(
+        self,
+        sub: _Subscriber,
+        now: float,
+        shared: dict[tuple[int, ...], tuple[int, dict[str, Any]]],
+    ) -> None:
         """*sub* is due: send its new samples, or wait for one of its devices' next."""
         fresh = [self._devices[d] for d in sub.devices if self._devices[d].seq > sub.seen[d]]
         if not fresh:
@@ -325,12 +333,14 @@ class PowerHub:
             self._devices[d].waiting.pop(sub.id, None)
         for dev in fresh:
             sub.seen[dev.id] = dev.seq
-        sample = PowerSample(
-            self.kind,
-            sub.id,
-            max(dev.timestamp_ms for dev in fresh),
-            {str(dev.id): dev.value for dev in fresh},
-        )
+        ids = tuple(dev.id for dev in fresh)
+        made = shared.get(ids)
+        if made is None:
+            made = shared[ids] = (
+                max(dev.timestamp_ms for dev in fresh),
+                {str(dev.id): dev.value for dev in fresh},
+            )
+        sample = PowerSample(self.kind, sub.id, *made)
         sub.outbox.put(sub.id, sample)
         sub.due += sub.interval
         if sub.due <= now:
