@@ -17,7 +17,7 @@ import attrs
 
 from zeusd.gpu.amdsmi_api import AmdsmiApi
 from zeusd.gpu.amdsmi_errors import nvml_name, status_name
-from zeusd.gpu.backend import GpuInfo, NvmlCallError, reset_both_clocks
+from zeusd.gpu.backend import GpuInfo, NvmlCallError, probe_power, reset_both_clocks
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -161,21 +161,7 @@ class AmdsmiDevice:
     def read_info(self) -> GpuInfo:
         """Read what request validation and clock resets need; done once, at start-up."""
         amdsmi = self._amdsmi
-        low: int | None
-        high: int | None
-        default: int | None
-        try:
-            low, high = self.get_power_limit_constraints()
-            default = self.get_default_power_limit()
-        except NvmlCallError as exc:
-            low = high = default = None
-            log.warning("GPU %d: no power cap constraints (%s)", self.index, exc.message)
-        try:
-            self.get_cumulative_energy()
-            energy = True
-        except NvmlCallError as exc:
-            energy = False
-            log.info("GPU %d: no energy counter (%s)", self.index, exc.message)
+        power = probe_power(self)
         memory_clocks: tuple[int, ...] | None = None
         for kind in ("GFX", "MEM"):
             try:
@@ -193,10 +179,10 @@ class AmdsmiDevice:
             name=str(asic.get("market_name") or "AMD GPU"),
             uuid=self._call(amdsmi.amdsmi_get_gpu_device_uuid),
             pci_address=self._call(amdsmi.amdsmi_get_gpu_device_bdf),
-            cumulative_energy_available=energy,
-            min_power_limit_mw=low,
-            max_power_limit_mw=high,
-            default_power_limit_mw=default,
+            cumulative_energy_available=power.cumulative_energy_available,
+            min_power_limit_mw=power.min_power_limit_mw,
+            max_power_limit_mw=power.max_power_limit_mw,
+            default_power_limit_mw=power.default_power_limit_mw,
             memory_clocks_mhz=memory_clocks,
         )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import attrs
 
@@ -80,6 +80,49 @@ class GpuInfo:
             "pci_address": self.pci_address,
             "cumulative_energy_available": self.cumulative_energy_available,
         }
+
+
+class _PowerReadable(Protocol):
+    @property
+    def index(self) -> int: ...
+
+    def get_power_limit_constraints(self) -> tuple[int, int]: ...
+    def get_default_power_limit(self) -> int: ...
+    def get_cumulative_energy(self) -> int: ...
+
+
+@attrs.frozen
+class PowerProbe:
+    """What start-up learned of a GPU's power management and energy counter."""
+
+    min_power_limit_mw: int | None
+    max_power_limit_mw: int | None
+    default_power_limit_mw: int | None
+    cumulative_energy_available: bool
+
+
+def probe_power(device: _PowerReadable) -> PowerProbe:
+    """Read a GPU's power limit range and whether it counts energy; a missing one is logged.
+
+    One GPU without power management or an energy counter must not keep the others from
+    being served, so a failure here is an answer (None, False), not an error.
+    """
+    low: int | None
+    high: int | None
+    default: int | None
+    try:
+        low, high = device.get_power_limit_constraints()
+        default = device.get_default_power_limit()
+    except NvmlCallError as exc:
+        low = high = default = None
+        log.warning("GPU %d: no power limit constraints (%s)", device.index, exc)
+    try:
+        device.get_cumulative_energy()
+        energy = True
+    except NvmlCallError as exc:
+        energy = False
+        log.info("GPU %d: no cumulative energy counter (%s)", device.index, exc)
+    return PowerProbe(low, high, default, energy)
 
 
 class NvmlDevice:
@@ -167,22 +210,7 @@ class NvmlDevice:
     def read_info(self) -> GpuInfo:
         """Read what request validation needs; done once, at start-up."""
         nvml = self._nvml
-        low: int | None
-        high: int | None
-        default: int | None
-        try:
-            low, high = self.get_power_limit_constraints()
-            default = self.get_default_power_limit()
-        except NvmlCallError as exc:
-            # One GPU without power management must not keep the others from being served.
-            low = high = default = None
-            log.warning("GPU %d: no power limit constraints (%s)", self.index, exc.nvml_error)
-        try:
-            self.get_cumulative_energy()
-            energy = True
-        except NvmlCallError as exc:
-            energy = False
-            log.info("GPU %d: no cumulative energy counter (%s)", self.index, exc.nvml_error)
+        power = probe_power(self)
         try:
             memory_clocks: tuple[int, ...] | None = tuple(self.get_supported_memory_clocks())
         except NvmlCallError as exc:
@@ -194,10 +222,10 @@ class NvmlDevice:
             name=_text(self._call(nvml.nvmlDeviceGetName)),
             uuid=_text(self._call(nvml.nvmlDeviceGetUUID)),
             pci_address=_text(pci.busId),
-            cumulative_energy_available=energy,
-            min_power_limit_mw=low,
-            max_power_limit_mw=high,
-            default_power_limit_mw=default,
+            cumulative_energy_available=power.cumulative_energy_available,
+            min_power_limit_mw=power.min_power_limit_mw,
+            max_power_limit_mw=power.max_power_limit_mw,
+            default_power_limit_mw=power.default_power_limit_mw,
             memory_clocks_mhz=memory_clocks,
         )
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from zeusd.gpu.amdsmi_errors import STATUS, status_name
+from zeusd.sim.armed import ArmedCalls
 from zeusd.sim.config import AMD_FAULT_FUNCTIONS, SimGpuSpec
 from zeusd.sim.power import mean_power_mw
 
@@ -116,7 +117,7 @@ def _int_arg(value: object) -> int:
 _CLOCK_KINDS = {AmdSmiClkType.GFX: "GFX", AmdSmiClkType.MEM: "MEM"}
 
 
-class SimAmdGpu:
+class SimAmdGpu(ArmedCalls):
     """State of one simulated AMD GPU; doubles as its processor handle.
 
     Tests may read every public attribute and change ``latency_s``, ``hold``, ``faults``
@@ -144,10 +145,7 @@ class SimAmdGpu:
         }
         #: The clock range (MHz) each clock may use: the full range until one is set.
         self.clk_range = {kind: self.full_range(kind) for kind in self.levels_hz}
-        self.latency_s = spec.latency_ms / 1000
-        self.hold: threading.Event | None = None
-        #: Fault key -> AMDSMI_STATUS_* name; applies once armed.
-        self.faults: dict[str, str] = dict(spec.faults)
+        super().__init__(spec, AMD_FAULT_FUNCTIONS)
         #: MI300-class GPUs report current_socket_power as "N/A" and only the average.
         self.reports_current_power = False
         self._energy_uj = float(10**12 * (index + 1))
@@ -156,15 +154,6 @@ class SimAmdGpu:
     def full_range(self, kind: str) -> tuple[int, int]:
         levels = self.levels_hz[kind]
         return levels[0] // 1_000_000, levels[-1] // 1_000_000
-
-    def fault(self, function: str) -> str | None:
-        """The status *function* fails with, or None; a single-function key beats a composite."""
-        matches = [
-            (len(AMD_FAULT_FUNCTIONS[key]), name)
-            for key, name in self.faults.items()
-            if function in AMD_FAULT_FUNCTIONS[key]
-        ]
-        return min(matches)[1] if matches else None
 
     def power_mw(self, t0: float, t1: float) -> float:
         return mean_power_mw(self.index, self.power_cap_uw / 1000, t0, t1)
@@ -218,13 +207,7 @@ class SimAmdsmi:
         if handle not in self.devices:
             _fail("AMDSMI_STATUS_INVAL")
         if self._armed:
-            # Outside any lock: a slow or held GPU must not block calls to the others.
-            if handle.latency_s > 0:
-                time.sleep(handle.latency_s)
-            hold = handle.hold
-            if hold is not None:
-                hold.wait()
-            fault = handle.fault(function)
+            fault = handle.armed_call(function)
             if fault is not None:
                 _fail(fault)
         return handle

@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 import pynvml
 
 from zeusd.gpu.nvml_errors import ERROR_CODES
+from zeusd.sim.armed import ArmedCalls
 from zeusd.sim.config import FAULT_FUNCTIONS, SimGpuSpec
 from zeusd.sim.power import mean_power_mw
 from zeusd.sim.state import SimStateFile
@@ -49,7 +50,7 @@ def _locked_pair(low: int, high: int, supported: Sequence[int]) -> tuple[int, in
     return _snap(low, supported), _snap(high, supported)
 
 
-class SimDevice:
+class SimDevice(ArmedCalls):
     """State of one simulated GPU; doubles as its NVML handle.
 
     Tests may read every public attribute and change ``latency_s``, ``hold`` and ``faults``.
@@ -73,23 +74,10 @@ class SimDevice:
         self.persistence_mode = 0
         self.gpu_locked_clocks: tuple[int, int] | None = None
         self.mem_locked_clocks: tuple[int, int] | None = None
-        self.latency_s = spec.latency_ms / 1000
-        #: When set to an unset Event, every armed call on this GPU blocks until it is set.
-        self.hold: threading.Event | None = None
-        #: Fault key -> NVML error name, as in SimGpuSpec.faults; applies once armed.
-        self.faults: dict[str, str] = dict(spec.faults)
+        super().__init__(spec, FAULT_FUNCTIONS)
         # A real counter counts since driver load, so it never starts at zero.
         self._energy_mj = float(10**9 * (index + 1))
         self._energy_t = now
-
-    def fault_code(self, function: str) -> int | None:
-        """The error *function* fails with, or None; a single-function key beats a composite."""
-        matches = [
-            (len(FAULT_FUNCTIONS[key]), ERROR_CODES[error])
-            for key, error in self.faults.items()
-            if function in FAULT_FUNCTIONS[key]
-        ]
-        return min(matches)[1] if matches else None
 
     def power_mw(self, t0: float, t1: float) -> float:
         """Mean draw over [t0, t1] under the current limit (see :mod:`zeusd.sim.power`)."""
@@ -152,15 +140,9 @@ class SimNvml:
         if not isinstance(handle, SimDevice) or handle not in self.devices:
             _fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         if self._armed:
-            # Outside any lock: a slow or held GPU must not block calls to the others.
-            if handle.latency_s > 0:
-                time.sleep(handle.latency_s)
-            hold = handle.hold
-            if hold is not None:
-                hold.wait()
-            code = handle.fault_code(function)
-            if code is not None:
-                _fail(code)
+            error = handle.armed_call(function)
+            if error is not None:
+                _fail(ERROR_CODES[error])
         return handle
 
     def nvmlInit(self) -> None:
