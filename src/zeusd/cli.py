@@ -14,6 +14,7 @@ import trio
 
 from zeusd import __version__, logfmt, token_cli, tokens
 from zeusd.app import open_backend, serve
+from zeusd.argtypes import positive_int, seconds
 from zeusd.config import (
     DEFAULT_AUTH_TIMEOUT_S,
     DEFAULT_CLIENT_TIMEOUT_S,
@@ -44,16 +45,6 @@ log = logging.getLogger("zeusd")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer (got {text!r})") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
-    return value
-
-
 def _id(text: str) -> int:
     try:
         value = int(text)
@@ -69,16 +60,6 @@ def _id_list(text: str) -> frozenset[int]:
     if not items:
         raise argparse.ArgumentTypeError("expected a comma list of numeric ids")
     return frozenset(_id(item) for item in items)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds (got {text!r})") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds (got {text})")
-    return value
 
 
 def _hz(text: str) -> float:
@@ -155,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--num-workers",
-        type=_positive,
+        type=positive_int,
         default=os.cpu_count() or 1,
         help="threads for blocking NVML calls (logical CPUs: %(default)s)",
     )
@@ -178,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         "GPU library (no root needed then; see docs/deployment.md)",
     )
     parser.add_argument(
-        "--sim-gpus", type=_positive, help=f"number of simulated GPUs ({DEFAULT_SIM_GPUS})"
+        "--sim-gpus", type=positive_int, help=f"number of simulated GPUs ({DEFAULT_SIM_GPUS})"
     )
     parser.add_argument("--sim-config", metavar="FILE", help="TOML file describing sim GPUs")
     parser.add_argument(
@@ -195,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-line-bytes",
-        type=_positive,
+        type=positive_int,
         default=DEFAULT_MAX_LINE_BYTES,
         help="longest request line accepted (%(default)s)",
     )
@@ -249,56 +230,56 @@ def build_parser() -> argparse.ArgumentParser:
     )
     trust.add_argument(
         "--max-connections",
-        type=_positive,
+        type=positive_int,
         default=DEFAULT_MAX_CONNECTIONS,
         help="connections beyond this are closed at once (%(default)s)",
     )
     trust.add_argument(
         "--max-in-flight",
-        type=_positive,
+        type=positive_int,
         default=DEFAULT_MAX_IN_FLIGHT,
         help="requests in progress per connection before it is no longer read (%(default)s)",
     )
     trust.add_argument(
         "--max-batch",
-        type=_positive,
+        type=positive_int,
         default=DEFAULT_MAX_BATCH,
         help="most requests in one batch (%(default)s)",
     )
     trust.add_argument(
         "--max-subscriptions",
-        type=_positive,
+        type=positive_int,
         default=DEFAULT_MAX_SUBSCRIPTIONS,
         help="power subscriptions the daemon holds at most, over all connections (%(default)s)",
     )
     trust.add_argument(
         "--max-subscriptions-per-connection",
-        type=_positive,
+        type=positive_int,
         default=DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION,
         help="power subscriptions one connection may hold at once (%(default)s)",
     )
     trust.add_argument(
         "--max-queued-per-gpu",
-        type=_positive,
+        type=positive_int,
         default=DEFAULT_MAX_QUEUED_PER_GPU,
         help="most requests queued on one GPU, all connections together (%(default)s)",
     )
     trust.add_argument(
         "--max-queued-per-client",
-        type=_positive,
+        type=positive_int,
         default=DEFAULT_MAX_QUEUED_PER_CLIENT,
         help="most requests one connection may have queued on one GPU (%(default)s)",
     )
     trust.add_argument(
         "--client-timeout",
-        type=_seconds,
+        type=seconds,
         default=DEFAULT_CLIENT_TIMEOUT_S,
         metavar="SECONDS",
         help="time to finish a started line or HTTP request, and to take a reply (%(default)s)",
     )
     trust.add_argument(
         "--auth-timeout",
-        type=_seconds,
+        type=seconds,
         default=DEFAULT_AUTH_TIMEOUT_S,
         metavar="SECONDS",
         help="with --token-key, a TCP connection not authenticated within this time is "

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 from rich.console import Console
 
+from zeusd.argtypes import positive_int, seconds
 from zeusd.client import Address, ZeusdClient, ZeusdConnectionError, ZeusdRpcError
 from zeusd.client.transport import env_address
 from zeusd.watch import watch
@@ -50,26 +51,6 @@ def parse_params(items: Sequence[str]) -> dict[str, Any]:
     return params
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds (got {text!r})") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0 (got {text})")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number (got {text!r})") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 (got {text})")
-    return value
-
-
 def _gpu_list(text: str) -> list[int]:
     try:
         ids = [int(part) for part in text.split(",")]
@@ -85,7 +66,7 @@ def _add_connection_options(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--socket-path", help="Unix socket (default: $ZEUSD_SOCK_PATH)")
     where.add_argument("--tcp", metavar="HOST:PORT", help="TCP address ($ZEUSD_HOST_PORT)")
     parser.add_argument("--token", help="session token (default: $ZEUSD_TOKEN)")
-    parser.add_argument("--timeout", type=_seconds, default=30.0, help="seconds to wait (30)")
+    parser.add_argument("--timeout", type=seconds, default=30.0, help="seconds to wait (30)")
 
 
 def build_watch_parser() -> argparse.ArgumentParser:
@@ -98,9 +79,9 @@ def build_watch_parser() -> argparse.ArgumentParser:
     _add_connection_options(parser)
     parser.add_argument("watch", choices=["watch"], help=argparse.SUPPRESS)
     parser.add_argument(
-        "--interval", type=_seconds, default=1.0, metavar="S", help="seconds between refreshes (1)"
+        "--interval", type=seconds, default=1.0, metavar="S", help="seconds between refreshes (1)"
     )
-    parser.add_argument("--count", type=_count, metavar="N", help="stop after N refreshes")
+    parser.add_argument("--count", type=positive_int, metavar="N", help="stop after N refreshes")
     parser.add_argument("--gpus", type=_gpu_list, metavar="IDS", help="GPU ids, e.g. 0,1 (all)")
     return parser
 
