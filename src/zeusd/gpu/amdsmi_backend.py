@@ -174,15 +174,11 @@ class AmdsmiDevice:
             if kind == "MEM":
                 memory_clocks = tuple(levels)
         asic = self._call(amdsmi.amdsmi_get_gpu_asic_info)
-        return GpuInfo(
+        return power.info(
             index=self.index,
             name=str(asic.get("market_name") or "AMD GPU"),
             uuid=self._call(amdsmi.amdsmi_get_gpu_device_uuid),
             pci_address=self._call(amdsmi.amdsmi_get_gpu_device_bdf),
-            cumulative_energy_available=power.cumulative_energy_available,
-            min_power_limit_mw=power.min_power_limit_mw,
-            max_power_limit_mw=power.max_power_limit_mw,
-            default_power_limit_mw=power.default_power_limit_mw,
             memory_clocks_mhz=memory_clocks,
         )
 

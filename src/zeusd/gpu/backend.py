@@ -100,6 +100,28 @@ class PowerProbe:
     default_power_limit_mw: int | None
     cumulative_energy_available: bool
 
+    def info(
+        self,
+        *,
+        index: int,
+        name: str,
+        uuid: str,
+        pci_address: str,
+        memory_clocks_mhz: tuple[int, ...] | None,
+    ) -> GpuInfo:
+        """The GPU's start-up info: what this probe found plus the rest."""
+        return GpuInfo(
+            index=index,
+            name=name,
+            uuid=uuid,
+            pci_address=pci_address,
+            cumulative_energy_available=self.cumulative_energy_available,
+            min_power_limit_mw=self.min_power_limit_mw,
+            max_power_limit_mw=self.max_power_limit_mw,
+            default_power_limit_mw=self.default_power_limit_mw,
+            memory_clocks_mhz=memory_clocks_mhz,
+        )
+
 
 def probe_power(device: _PowerReadable) -> PowerProbe:
     """Read a GPU's power limit range and whether it counts energy; a missing one is logged.
@@ -217,15 +239,11 @@ class NvmlDevice:
             memory_clocks = None
             log.info("GPU %d: cannot list memory clocks (%s)", self.index, exc.nvml_error)
         pci = self._call(nvml.nvmlDeviceGetPciInfo)
-        return GpuInfo(
+        return power.info(
             index=self.index,
             name=_text(self._call(nvml.nvmlDeviceGetName)),
             uuid=_text(self._call(nvml.nvmlDeviceGetUUID)),
             pci_address=_text(pci.busId),
-            cumulative_energy_available=power.cumulative_energy_available,
-            min_power_limit_mw=power.min_power_limit_mw,
-            max_power_limit_mw=power.max_power_limit_mw,
-            default_power_limit_mw=power.default_power_limit_mw,
             memory_clocks_mhz=memory_clocks,
         )
 
