@@ -35,4 +35,6 @@ USER 0:0
 # Clients reach the daemon through this directory, bind-mounted from the host.
 VOLUME ["/run/zeusd"]
 ENTRYPOINT ["zeusd"]
-CMD ["--socket-path", "/run/zeusd/zeusd.sock"]
+# Restore records go in a 0700 directory of their own beside the socket: on the host mount, so
+# they outlive a crashed container, and apart from the socket the clients see.
+CMD ["--socket-path", "/run/zeusd/zeusd.sock", "--state-dir", "/run/zeusd/state"]

@@ -51,6 +51,12 @@ def socket_path_in(args: list[str]) -> str:
     return str(parsed.socket_path)
 
 
+def state_dir_in(args: list[str]) -> str:
+    parsed = build_parser().parse_args(args)
+    assert parsed.state_dir, args
+    return str(parsed.state_dir)
+
+
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_manifest_is_valid_kubernetes(version: str) -> None:
     """Every object validates strictly (unknown fields too) against the Kubernetes schema."""
@@ -105,11 +111,16 @@ def test_the_probe_command_passes_against_zeusd_run_with_the_manifests_args() ->
     directory = short_tempdir()
     here = os.path.join(directory, "zeusd.sock")
     path = socket_path_in(c["args"])
-    args = [a.replace(path, here) for a in c["args"]]
+    state = state_dir_in(c["args"])
+    assert os.path.dirname(state) == os.path.dirname(path)
+    args = [
+        a.replace(path, here).replace(state, os.path.join(directory, "state")) for a in c["args"]
+    ]
     try:
         with running_daemon(*args) as daemon:
             assert daemon.address == f"unix:{here}"
             assert os.stat(here).st_mode & 0o777 == 0o666
+            assert os.stat(os.path.join(directory, "state")).st_mode & 0o777 == 0o700
             command = [a.replace(path, here) for a in c["livenessProbe"]["exec"]["command"]]
             zeusctl = shutil.which("zeusctl") or str(Path(daemon.args[0]).with_name("zeusctl"))
             done = subprocess.run(
@@ -145,6 +156,10 @@ def test_image_runs_zeusd_on_the_socket_the_manifest_mounts() -> None:
     assert path == socket_path_in(container()["args"])
     (volume,) = json.loads(last["VOLUME"])
     assert os.path.dirname(path) == volume
+    # Restore records outlive the container, in a directory apart from the socket's.
+    state = state_dir_in(cmd)
+    assert state == state_dir_in(container()["args"])
+    assert os.path.dirname(state) == volume
     assert last["USER"] == "0:0"
     assert re.search(r"NVIDIA_DRIVER_CAPABILITIES=utility\b", last["ENV"])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,8 +131,8 @@ def test_bad_records_are_refused(name: str, data: Any, why: str) -> None:
 
 
 def test_garbage_is_set_aside_never_fatal(store: RecordStore, caplog: Any) -> None:
-    """Corrupt and foreign entries are logged and moved to set-aside/; leftovers of an
-    unfinished write are removed; the good record is still loaded."""
+    """Corrupt records are logged and moved to set-aside/; leftovers of an unfinished write
+    are removed; foreign entries are named and left alone; the good record still loads."""
     caplog.set_level(logging.INFO, logger="zeusd")
     good = _record()
     store.put(good)
@@ -145,16 +146,33 @@ def test_garbage_is_set_aside_never_fatal(store: RecordStore, caplog: Any) -> No
     assert store.load() == [good]
     aside = sorted(name.split(".", 1)[1] for name in os.listdir(root / ASIDE_DIR))
     assert aside == [
-        "README",
         "gpu1.power_limit.json",
         "gpu2.power_limit.json",
         "gpu3.power_limit.json",
         "gpu4.power_limit.json",
     ]
-    assert sorted(os.listdir(root)) == ["gpu0.power_limit.json", "lock", ASIDE_DIR]
-    assert caplog.text.count("set aside") == 5
+    assert sorted(os.listdir(root)) == ["README", "gpu0.power_limit.json", "lock", ASIDE_DIR]
+    assert (root / "README").read_text() == "not ours"
+    assert caplog.text.count("set aside") == 4
+    assert "left alone 1 entries that are not restore records ('README')" in caplog.text
     assert "unfinished write" in caplog.text
     assert store.load() == [good]  # set-aside/ is not looked into again
+
+
+def test_a_shared_directory_is_left_as_it_is(store: RecordStore, caplog: Any) -> None:
+    """A state dir holding others' files (a socket, a pid file, ...) keeps them all."""
+    caplog.set_level(logging.INFO, logger="zeusd")
+    root = Path(store.path)
+    names = [f"daemon{i}.pid" for i in range(7)]
+    for name in names:
+        (root / name).write_text("42\n")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(root / "zeusd.sock"))
+        assert store.load() == []
+    assert sorted(os.listdir(root)) == sorted([*names, "lock", "zeusd.sock"])
+    assert "left alone 8 entries" in caplog.text
+    assert "and 3 more" in caplog.text
+    assert "set aside" not in caplog.text
 
 
 def _sim_backend() -> tuple[SimNvml, NvmlBackend]:

@@ -195,7 +195,7 @@ def test_sigkill_between_the_record_and_the_nvml_write(paths: Paths) -> None:
 
 
 def test_garbage_in_the_state_dir_is_set_aside(paths: Paths) -> None:
-    """Corrupt and foreign files are logged and moved aside; the daemon starts and serves."""
+    """Corrupt records are moved aside, foreign files left alone; the daemon starts and serves."""
     os.mkdir(paths.state, 0o700)
     with open(os.path.join(paths.state, "gpu0.power_limit.json"), "wb") as f:
         f.write(os.urandom(300))
@@ -203,9 +203,12 @@ def test_garbage_in_the_state_dir_is_set_aside(paths: Paths) -> None:
         f.write("not a record\n")
     os.symlink("/etc/shadow", os.path.join(paths.state, "gpu1.power_limit.json"))
     with _running(paths) as daemon:
-        assert daemon.log.count("set aside") == 3
+        assert daemon.log.count("set aside") == 2
+        assert "left alone 1 entries that are not restore records ('hello.txt')" in daemon.log
         assert _limits(daemon)["0"] == DEFAULT_MW
-    assert len(os.listdir(os.path.join(paths.state, "set-aside"))) == 3
+    assert len(os.listdir(os.path.join(paths.state, "set-aside"))) == 2
+    with open(os.path.join(paths.state, "hello.txt"), encoding="utf-8") as f:
+        assert f.read() == "not a record\n"
     assert paths.records() == []
 
 

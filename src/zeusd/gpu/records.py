@@ -6,8 +6,10 @@ after a crash must do with that setting: put it back to a value (``restore``) or
 fsynced, renamed over the old one, and the directory fsynced. The directory is locked
 (``flock`` on ``lock``) for the daemon's lifetime, so two daemons never share one.
 
-Anything in the directory that is not a record, or a record that does not parse, is logged
-and moved into ``set-aside/`` when the daemon starts; it never stops the daemon.
+A file named like a record that does not parse is logged and moved into ``set-aside/`` when
+the daemon starts; it never stops the daemon. Anything else in the directory is not zeusd's
+(the directory may be shared by mistake, or hold the daemon's own socket): it is named in one
+warning and left where it is, since a root daemon must not move files it did not write.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ ASIDE_DIR = "set-aside"
 SETTING_NAMES = ("power_limit", "persistence_mode", "gpu_locked_clocks", "mem_locked_clocks")
 _RECORD_NAME = re.compile(r"gpu(0|[1-9][0-9]{0,4})\.([a-z_]+)\.json")
 _TEMP_PREFIX = ".tmp."
+#: How many foreign entries the start-up warning names.
+_FOREIGN_SHOWN = 5
 #: Records are tiny; anything bigger is not one of ours.
 MAX_RECORD_BYTES = 64 * 1024
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
@@ -194,8 +198,12 @@ class RecordStore:
     def load(self) -> list[Record]:
         """Every record left in the directory; everything else is logged and set aside."""
         records = []
+        foreign = []
         for name in sorted(os.listdir(self._fd)):
             if name in (LOCK_NAME, ASIDE_DIR):
+                continue
+            if not (_RECORD_NAME.fullmatch(name) or name.startswith(_TEMP_PREFIX)):
+                foreign.append(name)
                 continue
             if name.startswith(_TEMP_PREFIX):
                 # A write that never reached its rename: the record it would have replaced
@@ -208,6 +216,21 @@ class RecordStore:
                 records.append(parse_record(name, self._read(name)))
             except BadRecord as exc:
                 self.set_aside(name, f"not a valid record: {exc}")
+        if foreign:
+            shown = ", ".join(repr(name) for name in foreign[:_FOREIGN_SHOWN])
+            more = (
+                f" and {len(foreign) - _FOREIGN_SHOWN} more"
+                if len(foreign) > _FOREIGN_SHOWN
+                else ""
+            )
+            log.warning(
+                "state dir %s: left alone %d entries that are not restore records (%s%s); "
+                "give --state-dir a directory of zeusd's own",
+                self.path,
+                len(foreign),
+                shown,
+                more,
+            )
         return records
 
     def _read(self, name: str) -> bytes:
