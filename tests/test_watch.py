@@ -17,10 +17,18 @@ import pytest
 from fake_rapl import make_tree, package_energy, write_int
 from process_helpers import DaemonProcess, short_tempdir, start_daemon
 from zeusd.ctl import run
+from zeusd.watch import EnergySince
 
 ZEUSCTL = str(Path(sys.executable).with_name("zeusctl"))
 TMUX = shutil.which("tmux")
 WAIT_S = 20.0
+
+
+def test_energy_since_keeps_what_was_counted_when_a_counter_starts_again() -> None:
+    """A counter going back (a new daemon, a driver reload) adds nothing and subtracts nothing."""
+    since = EnergySince()
+    assert [since.used(0, c) for c in (1_000, 1_500, 1_700, 200, 450)] == [0, 500, 700, 700, 950]
+    assert since.used(1, 5) == 0  # devices are counted apart
 
 
 def test_piped_watch_prints_count_frames_with_every_column() -> None:
@@ -88,6 +96,16 @@ def daemon_path() -> Iterator[tuple[DaemonProcess, str]]:
 # --- in a real terminal -------------------------------------------------------------------------
 
 
+# Runs argv[1:] with Ctrl-C going to it alone (as a shell would), then prints its exit status.
+_REPORT_EXIT = """
+import signal, subprocess, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+reset = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
+done = subprocess.run(sys.argv[1:], preexec_fn=reset)
+print("zeusctl exited", done.returncode, flush=True)
+"""
+
+
 class Tmux:
     """A private tmux server (its own socket) with one 110x30 window running a command."""
 
@@ -142,7 +160,8 @@ def test_watch_in_a_terminal_refreshes_in_place_and_quits_on_ctrl_c() -> None:
     socket_path = os.path.join(directory, "zeusd.sock")
     args = (f"--rapl-root={rapl}",)
     daemon = start_daemon(*args, socket_path=socket_path, sim_gpus=2)
-    term = Tmux(directory, [ZEUSCTL, "--socket-path", socket_path, "watch", "--interval", "0.2"])
+    watch = [ZEUSCTL, "--socket-path", socket_path, "watch", "--interval", "0.2"]
+    term = Tmux(directory, [sys.executable, "-c", _REPORT_EXIT, *watch])
     try:
         first = term.wait_for(lambda s: "700.0" in gpu_row(s, 1), "GPU 1 at 700 W")
         assert "GPU  NAME" in first
@@ -168,20 +187,17 @@ def test_watch_in_a_terminal_refreshes_in_place_and_quits_on_ctrl_c() -> None:
         daemon.stop()
         term.wait_for(lambda s: "cannot reach zeusd" in s, "the daemon gone")
         daemon = start_daemon(*args, socket_path=socket_path, sim_gpus=2)
-        term.wait_for(lambda s: "700.0" in gpu_row(s, 1), "the new daemon's GPU 1")
+        again = term.wait_for(lambda s: "700.0" in gpu_row(s, 1), "the new daemon's GPU 1")
+        # The new daemon's simulated counters start lower: energy used never goes negative.
+        for gpu in (0, 1):
+            assert not re.search(r"\s-\d", gpu_row(again, gpu)), again
 
         term.tmux("send-keys", "-t", "w", "C-c")
-        deadline = time.monotonic() + WAIT_S
-        # tmux marks the pane dead at the terminal's EOF, and learns the exit status a
-        # moment later: wait for one or the other (a status, or the signal that killed it).
-        while term.pane("pane_dead") != "1" or not (
-            term.pane("pane_dead_status") or term.pane("pane_dead_signal")
-        ):
-            assert time.monotonic() < deadline, term.screen()
-            time.sleep(0.1)
-        assert term.pane("pane_dead_signal") == ""
-        assert term.pane("pane_dead_status") == "0"
-        assert "Traceback" not in term.screen()
+        # The wrapper prints zeusctl's exit status: tmux itself sometimes learns a pane's
+        # status only long after the process is gone (seen under load: a zombie).
+        ended = term.wait_for(lambda s: "zeusctl exited " in s, "zeusctl's exit")
+        assert "zeusctl exited 0" in ended, ended
+        assert "Traceback" not in ended
     finally:
         term.close()
         daemon.stop()

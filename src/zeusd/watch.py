@@ -66,6 +66,25 @@ def _by_gpu(result: Mapping[str, Any], key: str) -> dict[int, Any]:
     return {int(gpu): value[key] for gpu, value in result.items()}
 
 
+class EnergySince:
+    """Energy used since the first reading, per device, over counters that may start again.
+
+    A counter that goes back (a new daemon on simulated GPUs, a driver reload) is taken as
+    counting from its new value: what was counted before is kept, nothing is subtracted.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[int, int] = {}
+        self._used: dict[int, int] = {}
+
+    def used(self, device: int, counter: int) -> int:
+        last = self._last.get(device, counter)
+        if counter >= last:
+            self._used[device] = self._used.get(device, 0) + counter - last
+        self._last[device] = counter
+        return self._used.setdefault(device, 0)
+
+
 class Sampler:
     """Reads one frame from the daemon per call; remembers the first energy readings."""
 
@@ -73,8 +92,8 @@ class Sampler:
         self._client = client
         self._wanted = None if gpu_ids is None else list(gpu_ids)
         self._discovered: dict[str, Any] | None = None
-        self._gpu_energy_start: dict[int, int] = {}
-        self._cpu_energy_start: dict[int, int] = {}
+        self._gpu_energy = EnergySince()
+        self._cpu_energy = EnergySince()
 
     def _discover(self) -> dict[str, Any]:
         if self._discovered is None:
@@ -87,6 +106,8 @@ class Sampler:
         try:
             return self._sample(now)
         except ZeusdConnectionError as exc:
+            # The daemon that comes back may be another one, with other GPUs.
+            self._discovered = None
             return Frame(now, problem=f"cannot reach zeusd ({exc}); retrying")
         except DeviceError as exc:
             return Frame(now, problem=f"a GPU read failed: {exc.message} {exc.data}")
@@ -108,14 +129,14 @@ class Sampler:
         )
         rows = []
         for gpu in ids:
-            start = self._gpu_energy_start.setdefault(gpu, energy[gpu]) if gpu in energy else None
+            used = self._gpu_energy.used(gpu, energy[gpu]) if gpu in energy else None
             rows.append(
                 GpuRow(
                     id=gpu,
                     name=str(gpus.get(gpu, {}).get("name", "?")),
                     power_w=_watts(power.get(gpu)),
                     limit_w=_watts(limits.get(gpu)),
-                    energy_j=None if start is None else (energy[gpu] - start) / 1000,
+                    energy_j=None if used is None else used / 1000,
                     gpu_lock=_lock(locks.get(gpu, {}).get("gpu_locked_clocks")),
                     mem_lock=_lock(locks.get(gpu, {}).get("mem_locked_clocks")),
                 )
@@ -127,13 +148,13 @@ class Sampler:
             for key in sorted(cpu_power, key=int):
                 cpu = int(key)
                 total = cpu_energy[key]["cpu_energy_uj"]
-                start = self._cpu_energy_start.setdefault(cpu, total)
+                used = self._cpu_energy.used(cpu, total)
                 cpus.append(
                     CpuRow(
                         id=cpu,
                         package_w=_watts(cpu_power[key]["cpu_mw"]),
                         dram_w=_watts(cpu_power[key]["dram_mw"]),
-                        energy_j=(total - start) / 1_000_000,
+                        energy_j=used / 1_000_000,
                     )
                 )
         return Frame(now, tuple(rows), tuple(cpus))
