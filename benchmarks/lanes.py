@@ -25,7 +25,7 @@ import tempfile
 import time
 from multiprocessing.connection import Connection
 
-from suite import GET_LIMIT, sim_config, zeusd
+from suite import GET_LIMIT, Proc, sim_config, zeusd
 
 WRITE = (
     b'{"jsonrpc":"2.0","method":"gpu.set_power_limit",'
@@ -150,12 +150,24 @@ def write_times(path: str, writes: int) -> list[float]:
     return samples
 
 
+def settle(proc: Proc, timeout: float = 60.0) -> None:
+    """Wait until *proc* uses under a tenth of a CPU (what a flood left is worked off)."""
+    deadline = time.monotonic() + timeout
+    before = proc.cpu_seconds()
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = proc.cpu_seconds()
+        if now - before < 0.025:
+            return
+        before = now
+
+
 def target_flood(directory: str, rounds: int, writes: int, latency_ms: float) -> float:
     print(
         f"2. root's write on GPU 0 during a read flood by another user ({latency_ms:g} ms per call)"
     )
     config = sim_config(directory, "flood.toml", [f"latency_ms = {latency_ms}", ""])
-    with zeusd(directory, "--sim-config", config, name="flood.sock") as (_, path):
+    with zeusd(directory, "--sim-config", config, name="flood.sock") as (proc, path):
         os.chmod(path, 0o666)
         write_times(path, 5)
         quiet, flooded, ratios = [], [], []
@@ -167,7 +179,7 @@ def target_flood(directory: str, rounds: int, writes: int, latency_ms: float) ->
             finally:
                 flood.kill()
                 flood.join()
-            time.sleep(1.0)  # the daemon answers what was in flight
+            settle(proc)  # the daemon works off what the flood left, so quiet is quiet
             quiet.append(q)
             flooded.append(f)
             ratios.append(f / q)

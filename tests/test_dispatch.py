@@ -194,3 +194,25 @@ def test_notification_line_is_the_encoded_notification() -> None:
         }
         expected = encode({"jsonrpc": "2.0", "method": f"{sample.kind}.power", "params": params})
         assert notification_line(sample) == expected
+
+
+def test_steps_pause_between_batch_members_and_nowhere_else() -> None:
+    """steps() does a batch one member at a time (a pause between two), a single request in
+    one go, and ends with what handle() gives."""
+    dispatcher, _ = _dispatcher()
+    members = [{"jsonrpc": "2.0", "method": "time", "id": n} for n in range(3)]
+    assert _run(dispatcher.steps(json.dumps(members).encode(), SESSION)) == (2, [0, 1, 2])
+    assert _run(dispatcher.steps(json.dumps(members[0]).encode(), SESSION)) == (0, 0)
+
+
+def _run(steps: Any) -> tuple[int, Any]:
+    """How often *steps* paused, and the id(s) of what it ended with."""
+    pauses = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            value = done.value
+            ids = [m["id"] for m in value] if isinstance(value, list) else value["id"]
+            return pauses, ids
+        pauses += 1

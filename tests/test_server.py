@@ -128,15 +128,17 @@ async def test_per_gpu_order_follows_read_order_across_connections(
 ) -> None:
     """Writes from 16 racing connections reach each GPU in exactly the order they were read."""
     read_order: list[int] = []
-    original = Dispatcher.handle
+    original = Dispatcher.steps  # what a connection hands each line to
 
     def recording(self: Dispatcher, line: bytes, session: Any) -> Any:
+        # Recorded when the line is handled (its first step), not when it is handed over:
+        # a connection may wait for its user's turn in between.
         message = json.loads(line)
         if message.get("method") == "gpu.set_power_limit":
             read_order.append(message["params"]["power_limit_mw"])
-        return original(self, line, session)
+        return (yield from original(self, line, session))
 
-    monkeypatch.setattr(Dispatcher, "handle", recording)
+    monkeypatch.setattr(Dispatcher, "steps", recording)
     applied: list[int] = []
     device = daemon.sim.devices[0]
     device.latency_s = 0.001  # let a queue build up on the lane

@@ -55,7 +55,7 @@ class Context:
         settings = getattr(command, "settings", ())
         try:
             jobs = self.lanes.submit(
-                [(gpu.index, self._bind(command, gpu.index, session)) for gpu in command.gpus],
+                [(g.index, self._bind(command, g.index, settings, session)) for g in command.gpus],
                 # Reads of one kind queued back to back on a GPU may share one driver call.
                 key=None if settings else share_key(command),
                 owner=None if session is None else session.id,
@@ -73,9 +73,10 @@ class Context:
             ) from None
         return _Pending(command, jobs)
 
-    def _bind(self, command: GpuCommand, gpu: int, session: Session | None) -> Any:
+    def _bind(
+        self, command: GpuCommand, gpu: int, settings: tuple[str, ...], session: Session | None
+    ) -> Any:
         device = self.devices[gpu]
-        settings = getattr(command, "settings", ())
         if session is None or not settings:
             return lambda: command.run(device)
         self.ledger.note_write(session.id, gpu)

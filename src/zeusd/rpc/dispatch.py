@@ -12,6 +12,8 @@ before returning. What is left is an awaitable the connection runs in its own ta
 come back unencoded: a batch of large results (256 ``rpc.discover`` are 5 MB of JSON) is
 encoded member by member with :func:`reply_parts`, only as fast as its client takes it.
 ``handle_line`` is the same with the reply encoded at once, for callers that want bytes.
+``steps`` is ``handle`` one request at a time, pausing between a batch's members, for a
+connection that lets other users go first in between (``server/turns.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import inspect
 import json
 import logging
 import math
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Awaitable, Generator, Iterator, Mapping
 from typing import Any
 
 import trio
@@ -189,6 +191,16 @@ class Dispatcher:
 
     def handle(self, line: bytes, session: Session) -> Pending:
         """Process one line from *session*'s connection; see :data:`Pending`."""
+        steps = self.steps(line, session)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+
+    def steps(self, line: bytes, session: Session) -> Generator[None, None, Pending]:
+        """:meth:`handle`, one request at a time: it pauses (yields) after each member of a
+        batch but the last, so that the caller may let other connections go in between."""
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -208,7 +220,20 @@ class Dispatcher:
             # Refused whole, before any member runs: a half-run batch is worse than none.
             reason = f"batch of {len(doc)} requests; at most {self._max_batch} are accepted"
             return encode(error_message(INVALID_REQUEST, "Invalid Request", reason))
-        return self._reply_batch([self._start(member, session) for member in doc])
+        members: list[_Member] = []
+        try:
+            for member in doc:
+                if members:
+                    yield
+                members.append(self._start(member, session))
+        except GeneratorExit:  # cut off at a stop, between two members
+            log.warning(
+                "a batch cut off by the stop: %d request(s) started and not answered, %d abandoned",
+                len(members),
+                len(doc) - len(members),
+            )
+            raise
+        return self._reply_batch(members)
 
     # -- one request -----------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ import functools
 import inspect
 import logging
 import math
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 
@@ -46,6 +47,7 @@ from zeusd.rpc.dispatch import (
 )
 from zeusd.rpc.framing import LineBuffer
 from zeusd.server.nowait import send_nowait, socket_of
+from zeusd.server.turns import Turns, user_of
 from zeusd.stream.outbox import PowerSample
 
 log = logging.getLogger(__name__)
@@ -75,8 +77,11 @@ class Connection:
         max_in_flight: int = 64,
         client_timeout: float = 30.0,
         initial: bytes = b"",
+        turns: Turns | None = None,
     ) -> None:
         self._stream = stream
+        # Shared by the daemon's connections: users take turns at handling requests.
+        self._turns = Turns() if turns is None else turns
         # What the dialect check read before this connection took over.
         self._initial = initial
         self._slots = trio.Semaphore(max_in_flight)
@@ -289,14 +294,26 @@ class Connection:
         else:
             await self._slots.acquire()
         keys: list[str] = []
-        self._line_keys = keys
+        user = user_of(self.session)
+        steps = self._dispatcher.steps(line, self.session)
         try:
-            reply = self._dispatcher.handle(line, self.session)
+            while True:  # one request at a time: the line's, or a batch's member
+                if self._turns.due(user):  # this user has had its share of the loop for now
+                    await self._turns.take(user)
+                began = time.perf_counter()
+                self._line_keys = keys
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    reply = done.value
+                    break
+                finally:
+                    self._line_keys = None
+                    self._turns.charge(user, time.perf_counter() - began)
         except BaseException:
+            steps.close()
             self._slots.release()
             raise
-        finally:
-            self._line_keys = None
         if isinstance(reply, Later):
             self._pending += 1
             reply.on_done(functools.partial(self._reply_ready, keys))

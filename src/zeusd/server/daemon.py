@@ -22,6 +22,7 @@ from zeusd.server.hangups import Hangups
 from zeusd.server.http_connection import HttpConnection
 from zeusd.server.peercred import database_groups, peer_cred
 from zeusd.server.ratelimit import RateLimitedReport
+from zeusd.server.turns import Turns
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class Server:
         self._on_session_closed = on_session_closed
         self._before_lanes_close = before_lanes_close
         self._connections: set[Served] = set()
+        self._turns = Turns()
         self._hangups: Hangups[Served] = Hangups()
         #: A run of refused connections is one log line, with a count.
         self._refusals = FailureRun(log, "refusing connections (--max-connections)")
@@ -172,6 +174,7 @@ class Server:
                 max_in_flight=self._max_in_flight,
                 client_timeout=self._client_timeout,
                 initial=initial,
+                turns=self._turns,
             )
         current.connection = connection
         self._connections.add(connection)
