@@ -73,9 +73,7 @@ def start(
         check_access(context.policy, session, spec)
         value = spec.handler(context, session, **bind(spec, params))
     except Exception as exc:
-        error = as_error(spec, exc)
-        _ended(context, spec, session, params, error, began)
-        raise error from None
+        raise _failed(context, spec, session, params, exc, began) from None
     if isinstance(value, Later):
         return value.then(functools.partial(_done, context, spec, session, params, began))
     if inspect.isawaitable(value):
@@ -96,9 +94,7 @@ def _done(
     try:
         value = later.get()
     except Exception as exc:
-        error = as_error(spec, exc)
-        _ended(context, spec, session, params, error, began)
-        raise error from None
+        raise _failed(context, spec, session, params, exc, began) from None
     _ended(context, spec, session, params, value, began)
     return value
 
@@ -114,11 +110,23 @@ async def _finish(
     try:
         value = await pending
     except Exception as exc:
-        error = as_error(spec, exc)
-        _ended(context, spec, session, params, error, began)
-        raise error from None
+        raise _failed(context, spec, session, params, exc, began) from None
     _ended(context, spec, session, params, value, began)
     return value
+
+
+def _failed(
+    context: Context,
+    spec: MethodSpec,
+    session: Session,
+    params: object,
+    exc: Exception,
+    began: float,
+) -> ZeusdError:
+    """The ZeusdError a failed call ends in, audited and observed."""
+    error = as_error(spec, exc)
+    _ended(context, spec, session, params, error, began)
+    return error
 
 
 def _ended(
